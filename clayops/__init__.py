@@ -1,0 +1,1 @@
+"""clayops: fault-tolerant lead enrichment in front of Clay webhooks."""

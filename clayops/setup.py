@@ -1,0 +1,54 @@
+"""Idempotent set-up used by `manage.py up` and tests: roles, an operator, the default webhook."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+
+from .models import CircuitBreaker, CreditBudget, Webhook, Workspace
+
+VIEWERS = "viewers"
+OPERATORS = "operators"
+# Header Clay's HTTP API column sends back with each callback (the operator types it into the column).
+CALLBACK_HEADER = "X-Clayops-Secret"
+SIMULATOR_TABLE = "t_default"
+
+
+def ensure_roles() -> None:
+    """Viewers see everything; operators also act (retry, discard, drain, breaker, upload)."""
+    Group.objects.get_or_create(name=VIEWERS)
+    operators, _ = Group.objects.get_or_create(name=OPERATORS)
+    operators.permissions.add(Permission.objects.get(codename="operate", content_type__app_label="clayops"))
+
+
+def ensure_operator(username: str, password: str):
+    """An operator with a fresh password (printed by `up`), who may also use the admin."""
+    ensure_roles()
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    user.set_password(password)
+    user.is_staff = True
+    user.is_superuser = True
+    user.save()
+    user.groups.add(Group.objects.get(name=OPERATORS))
+    return user
+
+
+def ensure_defaults() -> Workspace:
+    budget, _ = CreditBudget.objects.get_or_create(name="default")
+    workspace, _ = Workspace.objects.get_or_create(name="default", defaults={"budget": budget})
+    return workspace
+
+
+@transaction.atomic
+def ensure_simulator_webhook(simulator_url: str) -> Webhook:
+    workspace = ensure_defaults()
+    url = f"{simulator_url}/v3/sources/webhook/{SIMULATOR_TABLE}"
+    webhook, created = Webhook.objects.get_or_create(
+        workspace=workspace, name="simulator", defaults={"url": url, "token": "sim-token"}
+    )
+    if not created and webhook.url != url:
+        webhook.url = url
+        webhook.save(update_fields=["url"])
+    CircuitBreaker.objects.get_or_create(webhook=webhook)
+    return webhook

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from . import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/clay/callback/<int:webhook_id>/", api.clay_callback, name="clay-callback"),
+    path("healthz", api.healthz, name="healthz"),
+    path("django-rq/", include("django_rq.urls")),
+    path("", include("dashboard.urls")),
+]
