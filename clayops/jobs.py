@@ -1,5 +1,5 @@
 """RQ jobs. Each takes ids, re-reads the database and claims work with a conditional UPDATE,
-so a second run of the same job (RQ is at-least-once) is harmless."""
+so a second run of the same job (RQ is at-least-once) is harmless. Logic lives in the services."""
 
 from __future__ import annotations
 
@@ -8,7 +8,23 @@ import logging
 log = logging.getLogger("clayops.jobs")
 
 
+def import_leads(import_id: int) -> None:
+    """Parse an uploaded CSV into leads (clayops.imports.run_import)."""
+    from .imports import run_import
+
+    run_import(import_id)
+
+
+def submit_leads(lead_ids: list[int]) -> dict:
+    """Submit a batch of leads to Clay through the guards (clayops.delivery.submit_batch)."""
+    from .delivery import submit_batch
+
+    return submit_batch(lead_ids)
+
+
 def maintenance_tick() -> dict:
-    """Periodic work: reap stale reservations and stuck leads, retry due DLQ entries, drain the
-    offline queue. Filled in as the services land."""
-    return {}
+    """Periodic work (RQ cron, every few seconds): reap stale reservations and stuck leads, retry due
+    DLQ entries, drain the offline queue, requeue leads whose backoff has passed."""
+    from .delivery import maintenance
+
+    return maintenance()
