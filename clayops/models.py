@@ -292,6 +292,12 @@ class LeadImport(models.Model):
     error = models.TextField(blank=True, help_text="Why the import as a whole failed, if it did.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Written by the worker after every batch: it shows the import is alive and is the "
+        "claim token (a running import whose heartbeat is stale may be claimed by another worker).",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
