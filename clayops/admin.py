@@ -16,7 +16,10 @@ def audit_change(request, obj, form, action: str) -> None:
         if field in ("url", "token", "callback_secret"):
             changes[field] = "changed (secret)"
         else:
-            changes[field] = {"from": str(form.initial.get(field, "")), "to": str(form.cleaned_data.get(field))}
+            changes[field] = {
+                "from": str(form.initial.get(field, "")),
+                "to": str(form.cleaned_data.get(field)),
+            }
     models.AuditEntry.objects.create(
         user=request.user, action=action, target=f"{obj._meta.model_name}:{obj.pk} {obj}", detail=changes
     )
@@ -46,6 +49,10 @@ class WorkspaceAdmin(AuditedAdmin):
 
 
 class WebhookForm(forms.ModelForm):
+    url = forms.URLField(
+        max_length=500, assume_scheme="https", help_text=models.Webhook._meta.get_field("url").help_text
+    )
+
     class Meta:
         model = models.Webhook
         fields = "__all__"
@@ -58,8 +65,17 @@ class WebhookForm(forms.ModelForm):
 @admin.register(models.Webhook)
 class WebhookAdmin(AuditedAdmin):
     form = WebhookForm
-    list_display = ["name", "workspace", "masked_url", "masked_token", "credits_per_row", "rows_sent",
-                    "row_cap", "is_active", "is_full"]
+    list_display = [
+        "name",
+        "workspace",
+        "masked_url",
+        "masked_token",
+        "credits_per_row",
+        "rows_sent",
+        "row_cap",
+        "is_active",
+        "is_full",
+    ]
     list_filter = ["workspace", "is_active", "is_full"]
     readonly_fields = ["rows_sent", "created_at"]
 
@@ -82,10 +98,23 @@ class CircuitEventInline(admin.TabularInline):
 
 @admin.register(models.CircuitBreaker)
 class CircuitBreakerAdmin(AuditedAdmin):
-    list_display = ["webhook", "state", "opened_at", "consecutive_failures", "failure_threshold",
-                    "cooldown_seconds", "half_open_max_probes"]
-    readonly_fields = ["state", "opened_at", "consecutive_failures", "half_open_in_flight",
-                       "half_open_successes", "updated_at"]
+    list_display = [
+        "webhook",
+        "state",
+        "opened_at",
+        "consecutive_failures",
+        "failure_threshold",
+        "cooldown_seconds",
+        "half_open_max_probes",
+    ]
+    readonly_fields = [
+        "state",
+        "opened_at",
+        "consecutive_failures",
+        "half_open_in_flight",
+        "half_open_successes",
+        "updated_at",
+    ]
     inlines = [CircuitEventInline]
 
 
@@ -109,7 +138,15 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
 @admin.register(models.LeadImport)
 class LeadImportAdmin(admin.ModelAdmin):
-    list_display = ["filename", "state", "total_rows", "valid_rows", "invalid_rows", "duplicate_rows", "created_at"]
+    list_display = [
+        "filename",
+        "state",
+        "total_rows",
+        "valid_rows",
+        "invalid_rows",
+        "duplicate_rows",
+        "created_at",
+    ]
 
 
 @admin.register(models.EnrichmentCache)

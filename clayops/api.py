@@ -34,3 +34,17 @@ def clay_callback(request: HttpRequest, webhook_id: int) -> HttpResponse:
     from .callbacks import handle_callback
 
     return handle_callback(request, webhook_id)
+
+
+@require_GET
+def lead_data(request: HttpRequest, lead_id: int) -> HttpResponse:
+    """The best data for a lead now: Clay's enrichment, else the cache by domain, else a fallback."""
+    from django.shortcuts import get_object_or_404
+
+    from .degrade import lead_data as best_data
+    from .models import Lead
+
+    if not request.user.is_authenticated:
+        return JsonResponse({"ok": False, "error": "login required"}, status=401)
+    lead = get_object_or_404(Lead, pk=lead_id)
+    return JsonResponse({"ok": True, "lead_id": lead.pk, "state": lead.state, **best_data(lead)})

@@ -10,6 +10,7 @@ checkout (web, workers, scheduler) shares one server, and `stop()` ends it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -64,17 +65,26 @@ class EmbeddedRedis:
         self.socket_path.unlink(missing_ok=True)
         args = [
             str(server_binary()),
-            "--port", "0",  # no TCP listener at all
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.directory),
-            "--pidfile", str(self.pidfile),
+            "--port",
+            "0",  # no TCP listener at all
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.directory),
+            "--pidfile",
+            str(self.pidfile),
             # The database is the system of record; Redis holds queues that are rebuilt from it.
             # An append-only file still lets queued jobs survive a restart of the embedded server.
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--logfile", str(self.directory / "redis.log"),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -118,10 +128,8 @@ class EmbeddedRedis:
                     break
             time.sleep(0.05)
         else:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.socket_path.unlink(missing_ok=True)
 
 

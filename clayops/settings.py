@@ -230,4 +230,25 @@ CLAYOPS_RESERVATION_TTL_SECONDS = envint("CLAYOPS_RESERVATION_TTL_SECONDS", 300)
 CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
 # Rate of resubmission for drains (DLQ and offline queue), leads per second.
 CLAYOPS_DRAIN_RATE = envfloat("CLAYOPS_DRAIN_RATE", 5.0)
-FORMS_URLFIELD_ASSUME_HTTPS = True  # transitional setting: Django 6.0 default
+# Leads one submission job sends at once (threads sharing the worker's connection pool).
+CLAYOPS_SEND_CONCURRENCY = envint("CLAYOPS_SEND_CONCURRENCY", 8)
+# Transient failures (5xx, timeouts, connection errors) before a lead goes to the DLQ.
+CLAYOPS_MAX_ATTEMPTS = envint("CLAYOPS_MAX_ATTEMPTS", 5)
+# Backoff between attempts: full jitter over base * 2^(attempt-1), capped.
+CLAYOPS_BACKOFF_BASE_SECONDS = envfloat("CLAYOPS_BACKOFF_BASE_SECONDS", 2.0)
+CLAYOPS_BACKOFF_CAP_SECONDS = envfloat("CLAYOPS_BACKOFF_CAP_SECONDS", 300.0)
+# How long a worker waits for the workspace's rate limit before handing the lead back to the queue.
+CLAYOPS_RATE_WAIT_SECONDS = envfloat("CLAYOPS_RATE_WAIT_SECONDS", 30.0)
+# Automatic DLQ retries of transient failures: how many, and the delay before the first.
+CLAYOPS_DLQ_MAX_RETRIES = envint("CLAYOPS_DLQ_MAX_RETRIES", 3)
+CLAYOPS_DLQ_RETRY_DELAY_SECONDS = envint("CLAYOPS_DLQ_RETRY_DELAY_SECONDS", 600)
+# Pause for the workspace after Clay answers 402 (credits or actions exhausted at Clay).
+CLAYOPS_PAYMENT_PAUSE_SECONDS = envint("CLAYOPS_PAYMENT_PAUSE_SECONDS", 3600)
+# Seconds between maintenance ticks (RQ cron); drains move at most DRAIN_RATE * tick leads per tick.
+CLAYOPS_TICK_SECONDS = envint("CLAYOPS_TICK_SECONDS", 10)
+# A lead `queued` this long while the submit queue is idle lost its job (Redis lost data): requeue.
+CLAYOPS_ORPHAN_SECONDS = envint("CLAYOPS_ORPHAN_SECONDS", 60)
+# Rows per import batch (one transaction, one enqueue), and how long an import's heartbeat may be
+# silent before another worker may take it over (its worker died).
+CLAYOPS_IMPORT_BATCH_ROWS = envint("CLAYOPS_IMPORT_BATCH_ROWS", 1000)
+CLAYOPS_IMPORT_STALE_SECONDS = envint("CLAYOPS_IMPORT_STALE_SECONDS", 300)

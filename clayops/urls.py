@@ -9,6 +9,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/clay/callback/<int:webhook_id>/", api.clay_callback, name="clay-callback"),
+    path("api/leads/<int:lead_id>/data", api.lead_data, name="lead-data"),
     path("healthz", api.healthz, name="healthz"),
     path("django-rq/", include("django_rq.urls")),
     path("", include("dashboard.urls")),

@@ -57,7 +57,10 @@ def workspace(budget) -> Workspace:
 @pytest.fixture
 def webhook(workspace) -> Webhook:
     hook = Webhook.objects.create(
-        workspace=workspace, name="people", url="http://127.0.0.1:9/v3/sources/webhook/t_people", token="tok-123"
+        workspace=workspace,
+        name="people",
+        url="http://127.0.0.1:9/v3/sources/webhook/t_people",
+        token="tok-123",
     )
     CircuitBreaker.objects.create(webhook=hook)
     return hook

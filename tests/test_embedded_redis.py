@@ -56,12 +56,28 @@ def test_it_starts_and_stops_a_private_server(tmp_path):
 def test_it_brings_up_the_app_without_redis_url_and_stops_it_on_ctrl_c(tmp_path):
     """`manage.py up` without REDIS_URL: a private server starts, the app uses it, Ctrl-C ends all."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE")
+    }
     env.update(CLAYOPS_VAR_DIR=str(tmp_path), CLAYOPS_NO_VENV="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "up", "--port", str(port), "--sim-port", str(_free_port()),
-         "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "up",
+            "--port",
+            str(port),
+            "--sim-port",
+            str(_free_port()),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     output = []
     try:

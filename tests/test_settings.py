@@ -25,15 +25,25 @@ def test_it_fails_loudly_on_bad_values(monkeypatch):
 def _manage(*args: str, **env_extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(CLAYOPS_NO_VENV="1", **env_extra)
-    return subprocess.run([sys.executable, str(settings.BASE_DIR / "manage.py"), *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(settings.BASE_DIR / "manage.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_it_passes_the_deploy_check_with_production_env(tmp_path):
     result = _manage(
-        "check", "--deploy", "--fail-level", "WARNING",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
         SECRET_KEY="k" * 20 + "-production-secret-key-that-is-long-and-random-0123456789",
-        DEBUG="0", ALLOWED_HOSTS="clayops.example.com", CLAYOPS_VAR_DIR=str(tmp_path),
+        DEBUG="0",
+        ALLOWED_HOSTS="clayops.example.com",
+        CLAYOPS_VAR_DIR=str(tmp_path),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

@@ -26,7 +26,9 @@ def ensure_chromium() -> None:
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True, env=env
+    )
 
 
 class Command(BaseCommand):
@@ -44,9 +46,7 @@ class Command(BaseCommand):
         ensure_chromium()
         env = dict(os.environ)
         env.pop("DJANGO_SETTINGS_MODULE", None)  # pytest.ini names the test settings
-        code = subprocess.call(
-            [sys.executable, "-m", "pytest", *pytest_args], cwd=settings.BASE_DIR, env=env
-        )
+        code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=settings.BASE_DIR, env=env)
         if code == 5:
             raise CommandError("pytest ran no test")
         if code:

@@ -7,6 +7,7 @@ maintenance, and the web server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -50,7 +51,10 @@ class Command(BaseCommand):
 
             redis_server = EmbeddedRedis(settings.EMBEDDED_REDIS_DIR)
             started = redis_server.start()
-            self.stdout.write(f"Redis: private valkey-server on {redis_server.url}" + ("" if started else " (already running)"))
+            self.stdout.write(
+                f"Redis: private valkey-server on {redis_server.url}"
+                + ("" if started else " (already running)")
+            )
         env["REDIS_URL"] = settings.REDIS_URL
 
         children: list[tuple[str, subprocess.Popen]] = []
@@ -67,13 +71,19 @@ class Command(BaseCommand):
 
             if not opts["no_simulator"]:
                 sim_url = f"http://127.0.0.1:{opts['sim_port']}"
-                spawn("simulator", [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])])
+                spawn(
+                    "simulator",
+                    [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])],
+                )
                 self._wait_http(f"{sim_url}/_sim/health", "Clay simulator")
                 webhook = setup.ensure_simulator_webhook(sim_url)
                 callback = env["CLAYOPS_PUBLIC_URL"] + webhook.callback_path
                 httpx.post(
                     f"{sim_url}/_sim/tables/{setup.SIMULATOR_TABLE}",
-                    json={"callback_url": callback, "callback_headers": {setup.CALLBACK_HEADER: webhook.callback_secret}},
+                    json={
+                        "callback_url": callback,
+                        "callback_headers": {setup.CALLBACK_HEADER: webhook.callback_secret},
+                    },
                     timeout=5,
                 ).raise_for_status()
 
@@ -88,12 +98,18 @@ class Command(BaseCommand):
             self._wait_http(f"http://{opts['host']}:{opts['port']}/healthz", "web server")
 
             bar = "=" * 64
-            self.stdout.write(self.style.SUCCESS(
-                f"\n{bar}\n clayops is up: http://{opts['host']}:{opts['port']}/\n"
-                f" operator login: {opts['username']} / {password}\n"
-                + (f" Clay simulator: http://127.0.0.1:{opts['sim_port']}/ (default webhook)\n" if not opts["no_simulator"] else "")
-                + f" Press Ctrl-C to stop everything.\n{bar}\n"
-            ))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"\n{bar}\n clayops is up: http://{opts['host']}:{opts['port']}/\n"
+                    f" operator login: {opts['username']} / {password}\n"
+                    + (
+                        f" Clay simulator: http://127.0.0.1:{opts['sim_port']}/ (default webhook)\n"
+                        if not opts["no_simulator"]
+                        else ""
+                    )
+                    + f" Press Ctrl-C to stop everything.\n{bar}\n"
+                )
+            )
             self._supervise(children)
         except KeyboardInterrupt:
             self.stdout.write("\nStopping ...")
@@ -125,16 +141,12 @@ class Command(BaseCommand):
     def _stop(self, children) -> None:
         for _name, proc in children:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 10
         for _name, proc in children:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass

@@ -1,0 +1,67 @@
+"""Graceful degradation: what clayops answers for a lead while Clay cannot.
+
+Order: Clay's own enrichment when the lead has it; else the enrichment cache by domain (filled by
+Clay's callbacks for other leads of the same company); else a local fallback guessed from the
+domain. Degraded answers are marked with their source and recorded on the lead; a deferred lead
+that was served moves to served_cache / served_fallback, which the offline queue still drains, so
+it is enriched for real once Clay is back.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.db.models import F
+from django.utils import timezone
+
+from .models import EnrichmentCache, Lead
+
+# Second-level labels under which public suffixes hide the company name (acme.co.uk).
+_SECOND_LEVEL = {"co", "com", "org", "net", "ac", "gov", "edu", "ltd", "plc"}
+
+
+def company_from_domain(domain: str) -> str:
+    """acme-widgets.co.uk → "Acme Widgets"; a guess, labelled as one."""
+    labels = [label for label in domain.lower().strip(".").split(".") if label]
+    if labels and labels[0] == "www":
+        labels = labels[1:]
+    if not labels:
+        return ""
+    if len(labels) >= 3 and labels[-2] in _SECOND_LEVEL:
+        name = labels[-3]
+    elif len(labels) >= 2:
+        name = labels[-2]
+    else:
+        name = labels[0]
+    return " ".join(part.capitalize() for part in re.split(r"[-_]+", name) if part)
+
+
+def fallback_for(lead: Lead) -> dict:
+    data = {"company_name": lead.company or company_from_domain(lead.domain)}
+    if lead.domain:
+        data["domain"] = lead.domain
+        data["website"] = f"https://{lead.domain}"
+    return data
+
+
+def lead_data(lead: Lead, *, now=None) -> dict:
+    """The best data clayops has for a lead now: {"source": "clay"|"cache"|"fallback", "data": {...}}."""
+    now = now or timezone.now()
+    if lead.enriched is not None:
+        return {"source": "clay", "data": lead.enriched, "at": lead.enriched_at.isoformat()}
+    cached = None
+    if lead.domain:
+        cached = EnrichmentCache.objects.filter(domain=lead.domain, expires_at__gt=now).first()
+    if cached is not None:
+        EnrichmentCache.objects.filter(pk=cached.pk).update(hits=F("hits") + 1)
+        answer = {"source": "cache", "data": cached.data, "at": cached.fetched_at.isoformat()}
+        new_state = Lead.State.SERVED_CACHE
+    else:
+        answer = {"source": "fallback", "data": fallback_for(lead), "at": now.isoformat()}
+        new_state = Lead.State.SERVED_FALLBACK
+    # Record what was served; a deferred lead shows it was served but stays in the offline queue.
+    Lead.objects.filter(pk=lead.pk).update(served=answer)
+    Lead.objects.filter(
+        pk=lead.pk, state__in=[Lead.State.DEFERRED, Lead.State.SERVED_CACHE, Lead.State.SERVED_FALLBACK]
+    ).update(state=new_state)
+    return answer

@@ -1,0 +1,213 @@
+"""Dead letter queue: where retries end, and the operator's retry / discard / drain.
+
+A lead enters the DLQ at one place (`record_dead`, called by delivery when retries end). Every way
+out that resubmits (retry, drain, automatic retry) only moves the lead back to `queued`: the
+submission job then takes it through the same pauses, rate limit, breaker and budget as a first
+submission (invariant 5). Drains and automatic retries move at most CLAYOPS_DRAIN_RATE leads per
+second, one maintenance tick at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from .models import AuditEntry, DeadLetter, Lead, Webhook
+
+D = DeadLetter.State
+OPEN_STATES = (D.PENDING, D.EXHAUSTED)  # entries an operator can still retry or discard
+
+
+def record_dead(
+    lead_ids: Sequence[int],
+    *,
+    webhook: Webhook | None,
+    error: str,
+    error_class: str,
+    status_code: int | None,
+    transient: bool,
+    now: datetime | None = None,
+) -> int:
+    """Write the DLQ entry for each lead whose retries ended.
+
+    A lead that was already in the DLQ and came back from a retry reopens its entry (its retry count
+    kept) instead of getting a second one. Transient failures are retried automatically after
+    CLAYOPS_DLQ_RETRY_DELAY_SECONDS (doubling) up to max_retries, then the entry is exhausted;
+    permanent ones (4xx) wait for an operator.
+    """
+    now = now or timezone.now()
+    max_retries = settings.CLAYOPS_DLQ_MAX_RETRIES if transient else 0
+    written = 0
+    for lead_id in lead_ids:
+        with transaction.atomic():
+            entry = DeadLetter.objects.filter(lead_id=lead_id, state=D.RETRYING).order_by("-id").first()
+            if entry is None:
+                entry = DeadLetter(lead_id=lead_id, retry_count=0, max_retries=max_retries, created_at=now)
+            entry.webhook = webhook
+            entry.error = error[:5000]
+            entry.error_class = error_class
+            entry.status_code = status_code
+            if transient and entry.retry_count < entry.max_retries:
+                delay = settings.CLAYOPS_DLQ_RETRY_DELAY_SECONDS * (2**entry.retry_count)
+                entry.state, entry.next_retry_at = D.PENDING, now + timedelta(seconds=delay)
+            elif transient:
+                entry.state, entry.next_retry_at = D.EXHAUSTED, None
+            else:
+                entry.state, entry.next_retry_at = D.PENDING, None
+            entry.save()
+            written += 1
+    return written
+
+
+def resolve_for_leads(lead_ids: Sequence[int], *, states: Sequence[str] = (D.RETRYING,)) -> int:
+    """Clay took these leads: their entries (by default those being retried) are resolved."""
+    return DeadLetter.objects.filter(lead_id__in=lead_ids, state__in=states).update(
+        state=D.RESOLVED, next_retry_at=None, updated_at=timezone.now()
+    )
+
+
+def _resubmit(entry_ids: Sequence[int], *, states: Sequence[str]) -> list[int]:
+    """Entries → retrying, their dead leads → queued, then enqueue. Returns the lead ids moved."""
+    from .delivery import enqueue_leads
+
+    now = timezone.now()
+    with transaction.atomic():
+        entries = list(
+            DeadLetter.objects.filter(pk__in=entry_ids, state__in=states).values_list("pk", "lead_id")
+        )
+        if not entries:
+            return []
+        pks = [pk for pk, _ in entries]
+        lead_ids = [lead_id for _, lead_id in entries]
+        for pk in pks:  # retry_count + 1 each, claimed by state
+            DeadLetter.objects.filter(pk=pk, state__in=states).update(
+                state=D.RETRYING, retry_count=F("retry_count") + 1, next_retry_at=None, updated_at=now
+            )
+        moved = list(Lead.objects.filter(pk__in=lead_ids, state=Lead.State.DEAD).values_list("pk", flat=True))
+        Lead.objects.filter(pk__in=moved, state=Lead.State.DEAD).update(
+            state=Lead.State.QUEUED, state_changed_at=now, next_attempt_at=None, attempt_count=0
+        )
+    if moved:
+        enqueue_leads(moved)
+    return moved
+
+
+def retry_entries(*, entry_ids: Sequence[int], by=None) -> int:
+    """Operator's retry of one or many entries (pending or exhausted). Returns how many."""
+    moved = _resubmit(entry_ids, states=OPEN_STATES)
+    AuditEntry.objects.create(
+        user=by,
+        action="dlq_retry",
+        target=_target(entry_ids),
+        count=len(moved),
+        detail={"entry_ids": list(entry_ids)[:100]},
+    )
+    return len(moved)
+
+
+def discard_entries(*, entry_ids: Sequence[int], by=None) -> int:
+    """Operator gives up on these leads: entry discarded, lead discarded (a known final state)."""
+    now = timezone.now()
+    with transaction.atomic():
+        entries = list(
+            DeadLetter.objects.filter(pk__in=entry_ids, state__in=OPEN_STATES).values_list("pk", "lead_id")
+        )
+        count = DeadLetter.objects.filter(pk__in=[pk for pk, _ in entries], state__in=OPEN_STATES).update(
+            state=D.DISCARDED, next_retry_at=None, updated_at=now
+        )
+        Lead.objects.filter(pk__in=[lead_id for _, lead_id in entries], state=Lead.State.DEAD).update(
+            state=Lead.State.DISCARDED, state_changed_at=now
+        )
+    AuditEntry.objects.create(
+        user=by,
+        action="dlq_discard",
+        target=_target(entry_ids),
+        count=count,
+        detail={"entry_ids": list(entry_ids)[:100]},
+    )
+    return count
+
+
+def _target(entry_ids: Sequence[int]) -> str:
+    ids = list(entry_ids)
+    return f"dead_letter:{ids[0]}" if len(ids) == 1 else f"{len(ids)} dead letters"
+
+
+def _filtered(*, webhook_id: int | None = None, error_class: str | None = None, states=(D.PENDING,)):
+    qs = DeadLetter.objects.filter(state__in=states)
+    if webhook_id:
+        qs = qs.filter(webhook_id=webhook_id)
+    if error_class:
+        qs = qs.filter(error_class=error_class)
+    return qs
+
+
+def drain_preview(*, webhook_id: int | None = None, error_class: str | None = None) -> dict:
+    """What a drain would do: how many entries, what they cost at the webhooks' estimates, how long."""
+    qs = _filtered(webhook_id=webhook_id, error_class=error_class)
+    count = qs.count()
+    credits = Decimal("0")
+    for per_row, n in _per_webhook_counts(qs):
+        credits += per_row * n
+    rate = settings.CLAYOPS_DRAIN_RATE
+    return {
+        "count": count,
+        "credits": credits,
+        "rate": rate,
+        "eta_seconds": int(count / rate) if rate else None,
+    }
+
+
+def _per_webhook_counts(qs):
+    rows = qs.values("webhook__credits_per_row").annotate(n=Count("id"))
+    default = Webhook._meta.get_field("credits_per_row").default
+    return [(row["webhook__credits_per_row"] or default, row["n"]) for row in rows]
+
+
+def drain(
+    *, by=None, webhook_id: int | None = None, error_class: str | None = None, rate: float | None = None
+) -> int:
+    """Resubmit every pending entry (matching the filters) at a bounded rate.
+
+    Marks them due now with one more retry allowed; the maintenance tick resubmits at most
+    CLAYOPS_DRAIN_RATE per second of them, and each resubmission passes budget and breaker.
+    """
+    now = timezone.now()
+    qs = _filtered(webhook_id=webhook_id, error_class=error_class)
+    count = 0
+    for entry_id, retries, max_retries in qs.values_list("pk", "retry_count", "max_retries").iterator():
+        count += DeadLetter.objects.filter(pk=entry_id, state=D.PENDING).update(
+            next_retry_at=now, max_retries=max(max_retries, retries + 1), updated_at=now
+        )
+    AuditEntry.objects.create(
+        user=by,
+        action="dlq_drain",
+        target=f"webhook:{webhook_id}" if webhook_id else "all",
+        count=count,
+        detail={"error_class": error_class or "", "rate_per_second": rate or settings.CLAYOPS_DRAIN_RATE},
+    )
+    retry_due(now=now)
+    return count
+
+
+def retry_due(*, now: datetime | None = None, limit: int | None = None) -> int:
+    """Automatic retries of due entries (and drains), at most CLAYOPS_DRAIN_RATE per second."""
+    now = now or timezone.now()
+    per_tick = (
+        limit
+        if limit is not None
+        else max(1, int(settings.CLAYOPS_DRAIN_RATE * settings.CLAYOPS_TICK_SECONDS))
+    )
+    due = list(
+        DeadLetter.objects.filter(state=D.PENDING, next_retry_at__lte=now)
+        .filter(Q(retry_count__lt=F("max_retries")))
+        .order_by("next_retry_at")
+        .values_list("pk", flat=True)[:per_tick]
+    )
+    return len(_resubmit(due, states=(D.PENDING,)))

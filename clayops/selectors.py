@@ -1,0 +1,575 @@
+"""Read-side queries for the dashboard's pages. Keyword-only, no writes.
+
+Tables are paginated by keyset (the id, or (created_at, id) for the DLQ) and fetch `size + 1` rows
+to know whether there is a next page: no COUNT(*) of a million-row table on a page view or a poll.
+The few totals shown (queue depths, DLQ groups) are GROUP BY queries over a covering index
+(`lead_webhook_state`, `dlq_state_class`); the overview's depths are cached for DEPTHS_CACHE_SECONDS
+because the page polls every few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.core.cache import cache
+from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
+
+from . import breaker as breaker_service
+from . import budget as budget_service
+from . import health as health_service
+from .models import (
+    Attempt,
+    AuditEntry,
+    CircuitBreaker,
+    CircuitEvent,
+    CreditBudget,
+    CreditReservation,
+    DeadLetter,
+    ImportRowError,
+    Lead,
+    LeadImport,
+    Webhook,
+)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+DEPTHS_CACHE_SECONDS = 3
+RECENT_EVENTS = 5
+BURN_WINDOW_MINUTES = 15
+FIRST_ERRORS = 10
+LEAD_ATTEMPTS = 50
+
+# Lead states in pipeline order; the overview always shows the first group, the rest when non-zero.
+PIPELINE_STATES = [
+    Lead.State.QUEUED,
+    Lead.State.SUBMITTING,
+    Lead.State.ACCEPTED,
+    Lead.State.ENRICHED,
+    Lead.State.DEFERRED,
+    Lead.State.RETRY_WAIT,
+    Lead.State.DEAD,
+]
+OTHER_STATES = [
+    Lead.State.RECEIVED,
+    Lead.State.UNCERTAIN,
+    Lead.State.SERVED_CACHE,
+    Lead.State.SERVED_FALLBACK,
+    Lead.State.DISCARDED,
+]
+
+B = CircuitBreaker.State
+# Words for every breaker state (the colour is never the only signal) and the tone that colours them.
+CIRCUIT_WORDS = {
+    B.CLOSED: ("Closed", "sending normally", "ok"),
+    B.HALF_OPEN: ("Half-open", "letting probe requests through", "warn"),
+    B.OPEN: ("Open", "not sending: cooling down after failures", "bad"),
+    B.FORCED_OPEN: ("Paused", "forced open by an operator until reset", "bad"),
+}
+HEALTH_TONES = {"healthy": "ok", "degraded": "warn", "unhealthy": "bad"}
+LEAD_TONES = {
+    Lead.State.ENRICHED: "ok",
+    Lead.State.ACCEPTED: "ok",
+    Lead.State.SERVED_CACHE: "warn",
+    Lead.State.SERVED_FALLBACK: "warn",
+    Lead.State.DEFERRED: "warn",
+    Lead.State.RETRY_WAIT: "warn",
+    Lead.State.UNCERTAIN: "warn",
+    Lead.State.DEAD: "bad",
+    Lead.State.DISCARDED: "muted",
+}
+DLQ_TONES = {
+    DeadLetter.State.PENDING: "bad",
+    DeadLetter.State.EXHAUSTED: "bad",
+    DeadLetter.State.RETRYING: "warn",
+    DeadLetter.State.RESOLVED: "ok",
+    DeadLetter.State.DISCARDED: "muted",
+}
+
+
+def page_size(value: Any) -> int:
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        return DEFAULT_PAGE_SIZE
+    return max(1, min(MAX_PAGE_SIZE, size))
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+    is_first: bool
+
+
+def _keyset_by_id(qs: QuerySet, *, cursor: str | None, size: int) -> Page:
+    """Newest first by id; `cursor` is the last id of the previous page."""
+    after = _int(cursor)
+    if after is not None:
+        qs = qs.filter(pk__lt=after)
+    rows = list(qs.order_by("-pk")[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, str(rows[-1].pk) if more and rows else None, after is None)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+# --- Overview -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BudgetGauge:
+    budget_id: int
+    name: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+    remaining: Decimal
+    spent_percent: float
+    reserved_percent: float
+    alert_percent: int
+    burn_per_minute: Decimal
+    exhausts_at: datetime | None
+    resets_at: datetime
+    timezone: str
+
+    @property
+    def used_percent(self) -> float:
+        return self.spent_percent + self.reserved_percent
+
+    @property
+    def tone(self) -> str:
+        if self.used_percent >= 100:
+            return "bad"
+        return "warn" if self.used_percent >= self.alert_percent else "ok"
+
+    @property
+    def exhausts_before_reset(self) -> bool:
+        return self.exhausts_at is not None and self.exhausts_at < self.resets_at
+
+
+def budget_gauge(*, budget: CreditBudget, now: datetime | None = None) -> BudgetGauge:
+    """Today's spend for one budget, and when it runs out at the burn of the last minutes.
+
+    The burn is what was reserved in the last BURN_WINDOW_MINUTES (every send reserves first), so
+    the projection follows the current pace, not the day's average.
+    """
+    now = now or timezone.now()
+    usage = budget_service.usage_for(budget, now=now)
+    limit = budget.daily_limit
+    spent, reserved = usage.spent, usage.reserved
+    remaining = max(Decimal("0"), limit - spent - reserved)
+    since = now - timedelta(minutes=BURN_WINDOW_MINUTES)
+    burned = (
+        CreditReservation.objects.filter(usage__budget=budget, created_at__gte=since).aggregate(
+            total=Sum("amount")
+        )["total"]
+        if usage.pk
+        else None
+    ) or Decimal("0")
+    burn = burned / BURN_WINDOW_MINUTES
+    exhausts_at = None
+    if remaining <= 0:
+        exhausts_at = now
+    elif burn > 0:
+        exhausts_at = now + timedelta(minutes=float(remaining / burn))
+    local = now.astimezone(budget.tz())
+    resets_at = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=budget.tz())
+
+    def pct(value: Decimal) -> float:
+        return round(float(value / limit * 100), 1) if limit > 0 else (100.0 if value > 0 else 0.0)
+
+    return BudgetGauge(
+        budget_id=budget.pk,
+        name=budget.name,
+        limit=limit,
+        spent=spent,
+        reserved=reserved,
+        remaining=remaining,
+        spent_percent=min(100.0, pct(spent)),
+        reserved_percent=max(0.0, min(100.0 - min(100.0, pct(spent)), pct(reserved))),
+        alert_percent=budget.alert_percent,
+        burn_per_minute=burn.quantize(Decimal("0.01")),
+        exhausts_at=exhausts_at,
+        resets_at=resets_at,
+        timezone=budget.timezone,
+    )
+
+
+@dataclass
+class Circuit:
+    state: str
+    label: str
+    meaning: str
+    tone: str
+    cooldown_until: datetime | None
+    cooldown_remaining: float
+    opened_at: datetime | None
+    consecutive_failures: int
+
+
+def _circuit(row: CircuitBreaker | None, *, now: datetime) -> Circuit:
+    if row is None:
+        label, meaning, tone = CIRCUIT_WORDS[B.CLOSED]
+        return Circuit(B.CLOSED, label, "no breaker row yet: sending normally", tone, None, 0.0, None, 0)
+    label, meaning, tone = CIRCUIT_WORDS.get(row.state, (row.state, "", "warn"))
+    remaining = 0.0
+    until = None
+    if row.state == B.OPEN:
+        remaining = max(0.0, float(breaker_service.cooldown_remaining(row, now=now)))
+        until = now + timedelta(seconds=remaining)
+    return Circuit(
+        row.state, label, meaning, tone, until, remaining, row.opened_at, row.consecutive_failures
+    )
+
+
+@dataclass
+class Card:
+    webhook: Webhook
+    circuit: Circuit
+    health: Any
+    health_tone: str
+    sparkline: list[float | None]
+    gauge: BudgetGauge
+    depths: list[tuple[str, int]]
+    sent_per_minute: int
+    accepted_per_minute: int
+    events: list[CircuitEvent] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def queue_depths(*, webhook_ids: list[int] | None = None, use_cache: bool = True) -> dict[int | None, dict]:
+    """{webhook id: {state: count}} over the `lead_webhook_state` index, cached a few seconds."""
+    key = "clayops:overview:depths"
+    depths = cache.get(key) if use_cache else None
+    if depths is None:
+        depths = {}
+        rows = Lead.objects.order_by().values_list("webhook_id", "state").annotate(n=Count("pk"))
+        for webhook_id, state, n in rows:
+            depths.setdefault(webhook_id, {})[state] = n
+        cache.set(key, depths, DEPTHS_CACHE_SECONDS)
+    if webhook_ids is not None:
+        return {pk: depths.get(pk, {}) for pk in webhook_ids}
+    return depths
+
+
+def _throughput(webhook_ids: list[int], *, now: datetime) -> dict[int, tuple[int, int]]:
+    """Attempts and accepted attempts per webhook in the last minute (index `attempt_webhook_started`)."""
+    rows = (
+        Attempt.objects.filter(webhook_id__in=webhook_ids, started_at__gte=now - timedelta(minutes=1))
+        .order_by()
+        .values_list("webhook_id")
+        .annotate(n=Count("pk"), ok=Count("pk", filter=Q(outcome=Attempt.Outcome.ACCEPTED)))
+    )
+    return {webhook_id: (n, ok) for webhook_id, n, ok in rows}
+
+
+def _notes(webhook: Webhook, *, now: datetime) -> list[str]:
+    notes = []
+    if not webhook.is_active:
+        notes.append("Inactive: no leads are sent to it.")
+    if webhook.broken_reason:
+        notes.append(f"Broken: {webhook.broken_reason}")
+    if webhook.is_full:
+        notes.append("Full: its lifetime row cap is reached; leads go to the next webhook.")
+    if webhook.paused_until and webhook.paused_until > now:
+        notes.append(f"Rate-limited by Clay until {timezone.localtime(webhook.paused_until):%H:%M:%S}.")
+    ws = webhook.workspace
+    if ws.paused_until and ws.paused_until > now:
+        why = f" ({ws.pause_reason})" if ws.pause_reason else ""
+        notes.append(f"Workspace paused until {timezone.localtime(ws.paused_until):%H:%M:%S}{why}.")
+    return notes
+
+
+def overview_cards(*, now: datetime | None = None, webhook_id: int | None = None) -> list[Card]:
+    """One card per webhook: circuit, health and sparkline, budget gauge, queue depths, throughput."""
+    now = now or timezone.now()
+    hooks = Webhook.objects.select_related("workspace__budget", "breaker").order_by("priority", "pk")
+    if webhook_id is not None:
+        hooks = hooks.filter(pk=webhook_id)
+    webhooks = list(hooks)
+    ids = [w.pk for w in webhooks]
+    if not ids:
+        return []
+    reports = health_service.reports(ids, now=now)
+    depths = queue_depths(webhook_ids=ids)
+    throughput = _throughput(ids, now=now)
+    gauges: dict[int, BudgetGauge] = {}
+    cards = []
+    for webhook in webhooks:
+        budget = webhook.workspace.budget
+        if budget.pk not in gauges:
+            gauges[budget.pk] = budget_gauge(budget=budget, now=now)
+        row = webhook.breaker if _has_breaker(webhook) else None
+        report = reports.get(webhook.pk)
+        by_state = depths.get(webhook.pk, {})
+        shown = [(s, by_state.get(s, 0)) for s in PIPELINE_STATES]
+        shown += [(s, by_state[s]) for s in OTHER_STATES if by_state.get(s)]
+        sent, ok = throughput.get(webhook.pk, (0, 0))
+        events = list(CircuitEvent.objects.filter(breaker=row).select_related("by")[:RECENT_EVENTS]) if row else []
+        cards.append(
+            Card(
+                webhook=webhook,
+                circuit=_circuit(row, now=now),
+                health=report,
+                health_tone=HEALTH_TONES.get(getattr(report, "status", ""), "muted"),
+                sparkline=health_service.sparkline(webhook.pk, now=now, minutes=60),
+                gauge=gauges[budget.pk],
+                depths=shown,
+                sent_per_minute=sent,
+                accepted_per_minute=ok,
+                events=events,
+                notes=_notes(webhook, now=now),
+            )
+        )
+    return cards
+
+
+def _has_breaker(webhook: Webhook) -> bool:
+    try:
+        webhook.breaker  # noqa: B018 - select_related; raises when the row does not exist
+    except CircuitBreaker.DoesNotExist:
+        return False
+    return True
+
+
+def cards_version(cards: list[Card]) -> str:
+    """A short token that changes when anything a card shows changes (the poll's "nothing new" test).
+
+    Built from deadlines rather than the seconds left, so a ticking cooldown does not count as a
+    change (the browser counts it down itself).
+    """
+    parts = []
+    for card in cards:
+        c = card.circuit
+        parts.append(
+            [
+                card.webhook.pk,
+                card.webhook.name,
+                card.webhook.rows_sent,
+                c.state,
+                c.cooldown_until.replace(microsecond=0).isoformat() if c.cooldown_until else None,
+                asdict(card.health) if _is_dataclass(card.health) else repr(card.health),
+                card.sparkline,
+                [str(v) for v in (card.gauge.spent, card.gauge.reserved, card.gauge.limit)],
+                str(card.gauge.burn_per_minute),
+                card.depths,
+                card.sent_per_minute,
+                card.accepted_per_minute,
+                [e.pk for e in card.events],
+                card.notes,
+            ]
+        )
+    raw = json.dumps(parts, default=str, sort_keys=True).encode()
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def _is_dataclass(value: Any) -> bool:
+    return hasattr(value, "__dataclass_fields__")
+
+
+# --- Leads --------------------------------------------------------------------------------------
+
+
+def leads_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) -> Page:
+    """Leads, newest first. Filters: q (email or domain prefix, company substring), state, webhook,
+    lead_import. Email and domain are indexed; the company substring is checked while the keyset scan
+    walks back from the newest id, which stops as soon as a page is full."""
+    qs = Lead.objects.select_related("webhook", "lead_import").defer("row", "enriched", "served")
+    q = (filters.get("q") or "").strip()
+    if q:
+        lower = q.lower()
+        if "@" in lower:
+            qs = qs.filter(email__startswith=lower)
+        else:
+            qs = qs.filter(Q(domain__startswith=lower) | Q(email__startswith=lower) | Q(company__icontains=q))
+    if filters.get("state"):
+        qs = qs.filter(state=filters["state"])
+    if filters.get("webhook"):
+        qs = qs.filter(webhook_id=_pk(filters["webhook"]))
+    if filters.get("lead_import"):
+        qs = qs.filter(lead_import_id=_pk(filters["lead_import"]))
+    return _keyset_by_id(qs, cursor=cursor, size=size)
+
+
+def _pk(value: Any) -> int | None:
+    return getattr(value, "pk", None) or _int(value)
+
+
+@dataclass
+class LeadDetail:
+    lead: Lead
+    attempts: list[Attempt]
+    dead_letters: list[DeadLetter]
+
+
+def lead_detail(*, lead_id: int) -> LeadDetail | None:
+    lead = Lead.objects.select_related("webhook", "lead_import").filter(pk=lead_id).first()
+    if lead is None:
+        return None
+    attempts = list(lead.attempts.select_related("webhook")[:LEAD_ATTEMPTS])
+    dead_letters = list(lead.dead_letters.select_related("webhook")[:10])
+    return LeadDetail(lead, attempts, dead_letters)
+
+
+# --- Imports ------------------------------------------------------------------------------------
+
+
+def imports_page(*, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) -> Page:
+    qs = LeadImport.objects.select_related("uploaded_by", "webhook")
+    return _keyset_by_id(qs, cursor=cursor, size=size)
+
+
+@dataclass
+class ImportSummary:
+    lead_import: LeadImport
+    first_errors: list[ImportRowError]
+
+    @property
+    def finished(self) -> bool:
+        return self.lead_import.state in (LeadImport.State.DONE, LeadImport.State.FAILED)
+
+
+def import_summary(*, import_id: int) -> ImportSummary | None:
+    """The import with its first row errors (by line), for the validation summary."""
+    imp = LeadImport.objects.select_related("uploaded_by", "webhook").filter(pk=import_id).first()
+    if imp is None:
+        return None
+    errors = list(ImportRowError.objects.filter(lead_import=imp).order_by("line", "pk")[:FIRST_ERRORS])
+    return ImportSummary(imp, errors)
+
+
+# --- Dead letter queue --------------------------------------------------------------------------
+
+DLQ_STATE_ANY = "any"
+
+
+def _dlq_filtered(filters: dict, *, with_class: bool = True) -> QuerySet:
+    qs = DeadLetter.objects.all()
+    state = filters.get("state") or DeadLetter.State.PENDING
+    if state != DLQ_STATE_ANY:
+        qs = qs.filter(state=state)
+    if filters.get("webhook"):
+        qs = qs.filter(webhook_id=_pk(filters["webhook"]))
+    if with_class and filters.get("error_class"):
+        qs = qs.filter(error_class=filters["error_class"])
+    tz = timezone.get_current_timezone()
+    if isinstance(filters.get("since"), date):
+        qs = qs.filter(created_at__gte=datetime.combine(filters["since"], time(0), tzinfo=tz))
+    if isinstance(filters.get("until"), date):
+        qs = qs.filter(created_at__lt=datetime.combine(filters["until"] + timedelta(days=1), time(0), tzinfo=tz))
+    return qs
+
+
+def _dlq_cursor(entry: DeadLetter) -> str:
+    delta = entry.created_at - datetime(1970, 1, 1, tzinfo=UTC)
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return f"{micros}_{entry.pk}"
+
+
+def _parse_dlq_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if not cursor or "_" not in cursor:
+        return None
+    micros, _, pk = cursor.partition("_")
+    try:
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros)), int(pk)
+    except (ValueError, OverflowError):
+        return None
+
+
+def dlq_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) -> Page:
+    """DLQ entries, newest first, by keyset on (created_at, id): the `dlq_state_created` index
+    serves the state filter and the order together."""
+    qs = _dlq_filtered(filters).select_related("lead", "webhook")
+    qs = qs.only(
+        "pk",
+        "created_at",
+        "updated_at",
+        "error",
+        "error_class",
+        "status_code",
+        "retry_count",
+        "max_retries",
+        "next_retry_at",
+        "state",
+        "lead__pk",
+        "lead__email",
+        "lead__domain",
+        "lead__company",
+        "lead__state",
+        "webhook__pk",
+        "webhook__name",
+    )
+    after = _parse_dlq_cursor(cursor)
+    if after is not None:
+        at, pk = after
+        qs = qs.filter(Q(created_at__lt=at) | Q(created_at=at, pk__lt=pk))
+    rows = list(qs.order_by("-created_at", "-pk")[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, _dlq_cursor(rows[-1]) if more and rows else None, after is None)
+
+
+def dlq_groups(*, filters: dict) -> list[dict]:
+    """Counts by error class for the current filters (except the error class itself), largest first."""
+    rows = (
+        _dlq_filtered(filters, with_class=False)
+        .order_by()
+        .values("error_class")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "error_class")
+    )
+    return [{"error_class": row["error_class"], "count": row["n"]} for row in rows]
+
+
+def dlq_error_classes() -> list[str]:
+    """Error classes seen in the DLQ (a DISTINCT over the `dlq_state_class` index's second column)."""
+    return sorted(
+        DeadLetter.objects.order_by().values_list("error_class", flat=True).distinct()[:100]
+    )
+
+
+@dataclass
+class DlqEntryDetail:
+    entry: DeadLetter
+    lead: Lead
+    attempts: list[Attempt]
+
+
+def dlq_entry(*, entry_id: int) -> DlqEntryDetail | None:
+    entry = DeadLetter.objects.select_related("lead", "webhook", "lead__lead_import").filter(pk=entry_id).first()
+    if entry is None:
+        return None
+    attempts = list(Attempt.objects.filter(lead_id=entry.lead_id).select_related("webhook")[:LEAD_ATTEMPTS])
+    return DlqEntryDetail(entry, entry.lead, attempts)
+
+
+# --- Audit --------------------------------------------------------------------------------------
+
+
+def audit_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) -> Page:
+    qs = AuditEntry.objects.select_related("user")
+    if filters.get("action"):
+        qs = qs.filter(action=filters["action"])
+    if filters.get("user"):
+        qs = qs.filter(user__username=filters["user"])
+    return _keyset_by_id(qs, cursor=cursor, size=size)
+
+
+def audit_actions() -> list[str]:
+    return sorted(AuditEntry.objects.order_by().values_list("action", flat=True).distinct()[:100])
+
+
+def webhook_choices() -> list[Webhook]:
+    return list(Webhook.objects.only("pk", "name").order_by("priority", "pk"))

@@ -1,0 +1,298 @@
+"""Submission through the guards, with Clay mocked at the HTTP layer by respx (httpx's `responses`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+import respx
+from django.utils import timezone
+
+from clayops import breaker, budget, delivery
+from clayops.models import (
+    Attempt,
+    CircuitBreaker,
+    CreditReservation,
+    DeadLetter,
+    HealthSample,
+    Lead,
+    Webhook,
+)
+
+S = Lead.State
+
+
+@pytest.fixture(autouse=True)
+def _inline(settings):
+    # Unit tests run inside one transaction: keep every chunk on this thread's connection.
+    settings.CLAYOPS_SEND_CONCURRENCY = 1
+    settings.CLAYOPS_MAX_ATTEMPTS = 3
+
+
+def make_leads(webhook, n=1, **extra):
+    leads = []
+    for i in range(n):
+        leads.append(
+            Lead.objects.create(
+                row={"email": f"p{i}@acme{i}.com", "domain": f"acme{i}.com", "first_name": "Pat"},
+                fingerprint=f"fp-{webhook.pk}-{i}-{extra.get('tag', '')}",
+                email=f"p{i}@acme{i}.com",
+                domain=f"acme{i}.com",
+                state=S.QUEUED,
+                webhook=webhook,
+            )
+        )
+    return leads
+
+
+def usage(webhook):
+    return budget.usage_for(webhook.workspace.budget)
+
+
+@respx.mock
+def test_it_sends_the_row_with_lead_id_and_token_then_settles_credits(webhook):
+    route = respx.post(webhook.url).mock(return_value=httpx.Response(200, json={"status": "ok"}))
+    (lead,) = make_leads(webhook)
+
+    assert delivery.submit_batch([lead.pk]) == {"accepted": 1}
+
+    request = route.calls.last.request
+    assert request.headers["x-clay-webhook-auth"] == "tok-123"
+    assert json.loads(request.content) == {**lead.row, "clayops_lead_id": lead.pk}
+    lead.refresh_from_db()
+    assert lead.state == S.ACCEPTED and lead.accepted_at is not None
+    assert usage(webhook).spent == Decimal("6") and usage(webhook).reserved == 0
+    attempt = Attempt.objects.get(lead=lead)
+    assert attempt.status_code == 200 and attempt.outcome == "accepted"
+    assert HealthSample.objects.get(webhook=webhook).successes == 1
+    webhook.refresh_from_db()
+    assert webhook.rows_sent == 1
+
+
+@respx.mock
+def test_it_never_sends_a_lead_twice_when_the_job_runs_again(webhook):
+    route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    leads = make_leads(webhook, 3)
+    ids = [lead.pk for lead in leads]
+
+    delivery.submit_batch(ids)
+    assert delivery.submit_batch(ids) == {}
+
+    assert route.call_count == 3
+    assert usage(webhook).spent == Decimal("18")
+
+
+@respx.mock
+def test_it_schedules_a_retry_with_backoff_on_5xx_and_releases_credits(webhook):
+    respx.post(webhook.url).mock(return_value=httpx.Response(503))
+    (lead,) = make_leads(webhook)
+
+    delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    assert lead.state == S.RETRY_WAIT and lead.attempt_count == 1
+    assert lead.error_class == "server_error"
+    assert lead.next_attempt_at > timezone.now() - timedelta(seconds=1)
+    assert usage(webhook).reserved == 0 and usage(webhook).spent == 0
+    webhook.refresh_from_db()
+    assert webhook.rows_sent == 0
+    assert HealthSample.objects.get(webhook=webhook).failures == 1
+
+
+@respx.mock
+def test_it_moves_a_lead_to_the_dlq_when_transient_retries_end(webhook):
+    respx.post(webhook.url).mock(return_value=httpx.Response(500))
+    (lead,) = make_leads(webhook)
+    for _ in range(3):
+        Lead.objects.filter(pk=lead.pk).update(state=S.QUEUED)  # as the maintenance tick would
+        delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    assert lead.state == S.DEAD and lead.attempt_count == 3
+    entry = DeadLetter.objects.get(lead=lead)
+    assert entry.state == "pending" and entry.error_class == "server_error" and entry.status_code == 500
+    assert entry.next_retry_at is not None and entry.max_retries == 3
+    assert Attempt.objects.filter(lead=lead).count() == 3
+
+
+@respx.mock
+def test_it_sends_permanent_errors_straight_to_the_dlq_without_retry(webhook):
+    respx.post(webhook.url).mock(return_value=httpx.Response(422, text="bad json"))
+    (lead,) = make_leads(webhook)
+
+    delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    assert lead.state == S.DEAD and lead.attempt_count == 1
+    entry = DeadLetter.objects.get(lead=lead)
+    assert entry.error_class == "invalid_payload" and entry.next_retry_at is None and entry.max_retries == 0
+    assert CircuitBreaker.objects.get(webhook=webhook).consecutive_failures == 0
+
+
+@respx.mock
+def test_it_pauses_every_webhook_of_the_workspace_on_429_retry_after(webhook):
+    other = Webhook.objects.create(workspace=webhook.workspace, name="other", url="http://127.0.0.1:9/other")
+    respx.post(webhook.url).mock(return_value=httpx.Response(429, headers={"Retry-After": "7"}))
+    (lead,) = make_leads(webhook)
+    before = timezone.now()
+
+    delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    assert lead.state == S.RETRY_WAIT and lead.error_class == "rate_limited"
+    for hook in (webhook, other):
+        hook.refresh_from_db()
+        assert before + timedelta(seconds=6) < hook.paused_until < before + timedelta(seconds=9)
+    assert CircuitBreaker.objects.get(webhook=webhook).consecutive_failures == 0
+    assert not HealthSample.objects.filter(webhook=webhook, failures__gt=0).exists()
+    # While paused, the next lead waits without a request.
+    (second,) = make_leads(webhook, tag="b")
+    assert delivery.submit_batch([second.pk]) == {"deferred": 1}
+    assert respx.calls.call_count == 1
+
+
+@respx.mock
+def test_it_keeps_an_uncertain_send_until_the_grace_period_passes(webhook, settings):
+    respx.post(webhook.url).mock(side_effect=httpx.ReadTimeout("no answer"))
+    (lead,) = make_leads(webhook)
+
+    delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    assert lead.state == S.UNCERTAIN
+    reservation = CreditReservation.objects.get(lead=lead)
+    assert reservation.state == "held"  # the row may be at Clay: credits stay reserved
+    delivery.maintenance()
+    lead.refresh_from_db()
+    assert lead.state == S.UNCERTAIN  # not resent before the grace period
+    delivery.maintenance(now=timezone.now() + timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS + 1))
+    lead.refresh_from_db()
+    reservation.refresh_from_db()
+    assert lead.state == S.QUEUED and reservation.state == "released"
+
+
+@respx.mock
+def test_it_defers_without_calling_clay_while_the_breaker_is_open(webhook):
+    route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    breaker.force_open(webhook.pk, reason="test")
+    leads = make_leads(webhook, 2)
+
+    delivery.submit_batch([lead.pk for lead in leads])
+
+    assert route.call_count == 0
+    assert set(Lead.objects.values_list("state", flat=True)) == {S.DEFERRED}
+    assert usage(webhook).reserved == 0
+
+
+@respx.mock
+def test_it_defers_leads_past_the_budget_and_resumes_them_when_the_limit_rises(webhook):
+    route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    credit_budget = webhook.workspace.budget
+    credit_budget.daily_limit = Decimal("60")
+    credit_budget.save()
+    leads = make_leads(webhook, 12)
+
+    delivery.submit_batch([lead.pk for lead in leads])
+
+    assert route.call_count == 10
+    assert Lead.objects.filter(state=S.DEFERRED).count() == 2
+    assert usage(webhook).spent == Decimal("60")
+    budget.set_daily_limit(budget=credit_budget, limit=Decimal("120"))
+    assert delivery.drain_offline_step(now=timezone.now()) == 2
+    delivery.submit_batch([lead.pk for lead in leads])
+    assert route.call_count == 12
+    assert Lead.objects.filter(state=S.ACCEPTED).count() == 12
+
+
+@respx.mock
+def test_it_fails_over_when_clay_says_the_webhook_is_gone(webhook):
+    backup = Webhook.objects.create(
+        workspace=webhook.workspace,
+        name="backup",
+        priority=200,
+        url="http://127.0.0.1:9/v3/sources/webhook/t_backup",
+    )
+    respx.post(webhook.url).mock(return_value=httpx.Response(404, text="not found"))
+    ok = respx.post(backup.url).mock(return_value=httpx.Response(200))
+    (lead,) = make_leads(webhook)
+
+    delivery.submit_batch([lead.pk])
+    webhook.refresh_from_db()
+    assert not webhook.is_active and "404" in webhook.broken_reason
+    delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    assert lead.state == S.ACCEPTED and lead.webhook == backup
+    assert ok.call_count == 1
+
+
+@respx.mock
+def test_it_marks_a_webhook_full_at_its_row_cap_and_uses_the_next(webhook):
+    Webhook.objects.filter(pk=webhook.pk).update(row_cap=1)
+    backup = Webhook.objects.create(
+        workspace=webhook.workspace,
+        name="backup",
+        priority=200,
+        url="http://127.0.0.1:9/v3/sources/webhook/t_backup",
+    )
+    first = respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    second = respx.post(backup.url).mock(return_value=httpx.Response(200))
+    leads = make_leads(webhook, 2)
+
+    delivery.submit_batch([lead.pk for lead in leads])
+    delivery.submit_batch([lead.pk for lead in leads])
+
+    webhook.refresh_from_db()
+    assert webhook.is_full and webhook.rows_sent == 1
+    assert first.call_count == 1 and second.call_count == 1
+    assert Lead.objects.filter(state=S.ACCEPTED).count() == 2
+
+
+@respx.mock
+def test_it_pauses_spending_for_the_workspace_on_402(webhook):
+    respx.post(webhook.url).mock(return_value=httpx.Response(402, text="out of credits"))
+    (lead,) = make_leads(webhook)
+
+    delivery.submit_batch([lead.pk])
+
+    lead.refresh_from_db()
+    webhook.workspace.refresh_from_db()
+    assert lead.state == S.DEFERRED and "402" in lead.defer_reason
+    assert webhook.workspace.paused_until > timezone.now()
+    assert not DeadLetter.objects.exists()
+
+
+@respx.mock
+def test_it_sends_batches_as_one_json_array_in_batch_mode(webhook):
+    Webhook.objects.filter(pk=webhook.pk).update(batch_size=3)
+    route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    leads = make_leads(webhook, 5)
+
+    delivery.submit_batch([lead.pk for lead in leads])
+
+    assert route.call_count == 2
+    bodies = [json.loads(call.request.content) for call in route.calls]
+    assert [len(body) for body in bodies] == [3, 2]
+    assert sorted(row["clayops_lead_id"] for body in bodies for row in body) == sorted(
+        lead.pk for lead in leads
+    )
+
+
+def test_it_recovers_leads_a_dead_worker_left_in_submitting(webhook, settings):
+    never_sent, sent = make_leads(webhook, 2)
+    old = timezone.now() - timedelta(seconds=settings.CLAYOPS_STUCK_SUBMITTING_SECONDS + 5)
+    Lead.objects.filter(pk=never_sent.pk).update(state=S.SUBMITTING, state_changed_at=old, claim_token="t1")
+    Lead.objects.filter(pk=sent.pk).update(
+        state=S.SUBMITTING, state_changed_at=old, submitted_at=old, claim_token="t2"
+    )
+
+    assert delivery.recover_stuck(now=timezone.now()) == 2
+
+    never_sent.refresh_from_db()
+    sent.refresh_from_db()
+    assert never_sent.state == S.QUEUED
+    assert sent.state == S.UNCERTAIN  # may have reached Clay: not resent before the grace period
+    assert sent.next_attempt_at > timezone.now()
