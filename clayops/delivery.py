@@ -664,10 +664,12 @@ def _capacity(webhook: Webhook, *, now: datetime) -> int:
 def requeue_orphans(*, now: datetime, limit: int = 5000) -> int:
     """Queued leads whose job was lost (Redis restarted without persistence, job crashed).
 
-    Only when the submit queue is idle: then any lead still `queued` for a while has no job.
+    Only when no submission job is waiting: then a lead still `queued` for a while has no job.
     """
-    queue = django_rq.get_queue("submit")
-    if queue.count or queue.started_job_registry.count:
+    # A job that was started but died (SIGKILL) stays in RQ's started registry for up to ~11 minutes,
+    # so only waiting jobs are looked at; a lead a live job is about to claim may get a second job,
+    # which finds it claimed and does nothing.
+    if django_rq.get_queue("submit").count:
         return 0
     cutoff = now - timedelta(seconds=settings.CLAYOPS_ORPHAN_SECONDS)
     ids = list(
