@@ -63,6 +63,8 @@ OTHER_STATES = [
     Lead.State.DISCARDED,
 ]
 
+OFFLINE_STATES = (Lead.State.DEFERRED, Lead.State.SERVED_CACHE, Lead.State.SERVED_FALLBACK)
+
 B = CircuitBreaker.State
 # Words for every breaker state (the colour is never the only signal) and the tone that colours them.
 CIRCUIT_WORDS = {
@@ -116,6 +118,38 @@ def _keyset_by_id(qs: QuerySet, *, cursor: str | None, size: int) -> Page:
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, str(rows[-1].pk) if more and rows else None, after is None)
+
+
+def _keyset_by_time(qs: QuerySet, *, field: str, cursor: str | None, size: int) -> Page:
+    """Newest first by (`field`, id); the cursor is "<microseconds since epoch>_<id>" of the last row."""
+    after = _parse_time_cursor(cursor)
+    if after is not None:
+        at, pk = after
+        qs = qs.filter(Q(**{f"{field}__lt": at}) | Q(**{field: at, "pk__lt": pk}))
+    rows = list(qs.order_by(f"-{field}", "-pk")[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(
+        rows, _time_cursor(getattr(rows[-1], field), rows[-1].pk) if more and rows else None, after is None
+    )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time_cursor(at: datetime, pk: int) -> str:
+    delta = at - EPOCH
+    return f"{(delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds}_{pk}"
+
+
+def _parse_time_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if not cursor or "_" not in cursor:
+        return None
+    micros, _, pk = cursor.partition("_")
+    try:
+        return EPOCH + timedelta(microseconds=int(micros)), int(pk)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _int(value: Any) -> int | None:
@@ -172,9 +206,9 @@ def budget_gauge(*, budget: CreditBudget, now: datetime | None = None) -> Budget
     remaining = max(Decimal("0"), limit - spent - reserved)
     since = now - timedelta(minutes=BURN_WINDOW_MINUTES)
     burned = (
-        CreditReservation.objects.filter(usage__budget=budget, created_at__gte=since).aggregate(
-            total=Sum("amount")
-        )["total"]
+        CreditReservation.objects.filter(usage=usage, created_at__gte=since).aggregate(total=Sum("amount"))[
+            "total"
+        ]
         if usage.pk
         else None
     ) or Decimal("0")
@@ -229,9 +263,7 @@ def _circuit(row: CircuitBreaker | None, *, now: datetime) -> Circuit:
     if row.state == B.OPEN:
         remaining = max(0.0, float(breaker_service.cooldown_remaining(row, now=now)))
         until = now + timedelta(seconds=remaining)
-    return Circuit(
-        row.state, label, meaning, tone, until, remaining, row.opened_at, row.consecutive_failures
-    )
+    return Circuit(row.state, label, meaning, tone, until, remaining, row.opened_at, row.consecutive_failures)
 
 
 @dataclass
@@ -248,19 +280,28 @@ class Card:
     events: list[CircuitEvent] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def offline(self) -> int:
+        """Leads in the offline queue (deferred, or served a degraded answer) a drain would release."""
+        return sum(n for state, n in self.depths if state in OFFLINE_STATES)
 
-def queue_depths(*, webhook_ids: list[int] | None = None, use_cache: bool = True) -> dict[int | None, dict]:
-    """{webhook id: {state: count}} over the `lead_webhook_state` index, cached a few seconds."""
-    key = "clayops:overview:depths"
+
+def queue_depths(*, webhook_ids: list[int], use_cache: bool = True) -> dict[int, dict]:
+    """{webhook id: {state: count}} over the `lead_webhook_state` index, cached a few seconds
+    (every open overview polls; the counts scan the index)."""
+    key = "clayops:overview:depths:" + ",".join(map(str, webhook_ids))
     depths = cache.get(key) if use_cache else None
     if depths is None:
-        depths = {}
-        rows = Lead.objects.order_by().values_list("webhook_id", "state").annotate(n=Count("pk"))
+        depths = {pk: {} for pk in webhook_ids}
+        rows = (
+            Lead.objects.filter(webhook_id__in=webhook_ids)
+            .order_by()
+            .values_list("webhook_id", "state")
+            .annotate(n=Count("pk"))
+        )
         for webhook_id, state, n in rows:
-            depths.setdefault(webhook_id, {})[state] = n
+            depths[webhook_id][state] = n
         cache.set(key, depths, DEPTHS_CACHE_SECONDS)
-    if webhook_ids is not None:
-        return {pk: depths.get(pk, {}) for pk in webhook_ids}
     return depths
 
 
@@ -303,7 +344,7 @@ def overview_cards(*, now: datetime | None = None, webhook_id: int | None = None
     if not ids:
         return []
     reports = health_service.reports(ids, now=now)
-    depths = queue_depths(webhook_ids=ids)
+    depths = queue_depths(webhook_ids=ids, use_cache=webhook_id is None)  # one card: after an action
     throughput = _throughput(ids, now=now)
     gauges: dict[int, BudgetGauge] = {}
     cards = []
@@ -317,7 +358,9 @@ def overview_cards(*, now: datetime | None = None, webhook_id: int | None = None
         shown = [(s, by_state.get(s, 0)) for s in PIPELINE_STATES]
         shown += [(s, by_state[s]) for s in OTHER_STATES if by_state.get(s)]
         sent, ok = throughput.get(webhook.pk, (0, 0))
-        events = list(CircuitEvent.objects.filter(breaker=row).select_related("by")[:RECENT_EVENTS]) if row else []
+        events = (
+            list(CircuitEvent.objects.filter(breaker=row).select_related("by")[:RECENT_EVENTS]) if row else []
+        )
         cards.append(
             Card(
                 webhook=webhook,
@@ -362,8 +405,8 @@ def cards_version(cards: list[Card]) -> str:
                 c.cooldown_until.replace(microsecond=0).isoformat() if c.cooldown_until else None,
                 asdict(card.health) if _is_dataclass(card.health) else repr(card.health),
                 card.sparkline,
-                [str(v) for v in (card.gauge.spent, card.gauge.reserved, card.gauge.limit)],
-                str(card.gauge.burn_per_minute),
+                [f"{v:.2f}" for v in (card.gauge.spent, card.gauge.reserved, card.gauge.limit)],
+                f"{card.gauge.burn_per_minute:.2f}",
                 card.depths,
                 card.sent_per_minute,
                 card.accepted_per_minute,
@@ -383,23 +426,31 @@ def _is_dataclass(value: Any) -> bool:
 
 
 def leads_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) -> Page:
-    """Leads, newest first. Filters: q (email or domain prefix, company substring), state, webhook,
-    lead_import. Email and domain are indexed; the company substring is checked while the keyset scan
-    walks back from the newest id, which stops as soon as a page is full."""
+    """Leads, newest first (by id; by time of entering the state when filtered by state alone).
+    Filters: q, state, webhook, lead_import.
+
+    q: an email (has "@") or a domain (has a dot, no space) is matched exactly, lower-cased, on its
+    index; anything else is a domain prefix or a company substring, checked while the keyset scan
+    walks back from the newest id (it stops as soon as a page is full)."""
     qs = Lead.objects.select_related("webhook", "lead_import").defer("row", "enriched", "served")
     q = (filters.get("q") or "").strip()
     if q:
         lower = q.lower()
         if "@" in lower:
-            qs = qs.filter(email__startswith=lower)
+            qs = qs.filter(email=lower.removeprefix("mailto:"))
+        elif "." in lower and " " not in lower:
+            qs = qs.filter(domain=lower.removeprefix("www."))
         else:
-            qs = qs.filter(Q(domain__startswith=lower) | Q(email__startswith=lower) | Q(company__icontains=q))
+            qs = qs.filter(Q(domain__startswith=lower) | Q(company__icontains=q))
     if filters.get("state"):
         qs = qs.filter(state=filters["state"])
     if filters.get("webhook"):
         qs = qs.filter(webhook_id=_pk(filters["webhook"]))
     if filters.get("lead_import"):
         qs = qs.filter(lead_import_id=_pk(filters["lead_import"]))
+    if filters.get("state") and not filters.get("webhook") and not filters.get("lead_import"):
+        # The `lead_state_changed` index serves this order; by id it would sort every lead in the state.
+        return _keyset_by_time(qs, field="state_changed_at", cursor=cursor, size=size)
     return _keyset_by_id(qs, cursor=cursor, size=size)
 
 
@@ -440,6 +491,13 @@ class ImportSummary:
     def finished(self) -> bool:
         return self.lead_import.state in (LeadImport.State.DONE, LeadImport.State.FAILED)
 
+    @property
+    def took_seconds(self) -> float | None:
+        imp = self.lead_import
+        if imp.started_at and imp.finished_at:
+            return (imp.finished_at - imp.started_at).total_seconds()
+        return None
+
 
 def import_summary(*, import_id: int) -> ImportSummary | None:
     """The import with its first row errors (by line), for the validation summary."""
@@ -468,24 +526,10 @@ def _dlq_filtered(filters: dict, *, with_class: bool = True) -> QuerySet:
     if isinstance(filters.get("since"), date):
         qs = qs.filter(created_at__gte=datetime.combine(filters["since"], time(0), tzinfo=tz))
     if isinstance(filters.get("until"), date):
-        qs = qs.filter(created_at__lt=datetime.combine(filters["until"] + timedelta(days=1), time(0), tzinfo=tz))
+        qs = qs.filter(
+            created_at__lt=datetime.combine(filters["until"] + timedelta(days=1), time(0), tzinfo=tz)
+        )
     return qs
-
-
-def _dlq_cursor(entry: DeadLetter) -> str:
-    delta = entry.created_at - datetime(1970, 1, 1, tzinfo=UTC)
-    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return f"{micros}_{entry.pk}"
-
-
-def _parse_dlq_cursor(cursor: str | None) -> tuple[datetime, int] | None:
-    if not cursor or "_" not in cursor:
-        return None
-    micros, _, pk = cursor.partition("_")
-    try:
-        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros)), int(pk)
-    except (ValueError, OverflowError):
-        return None
 
 
 def dlq_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) -> Page:
@@ -493,7 +537,7 @@ def dlq_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PA
     serves the state filter and the order together."""
     qs = _dlq_filtered(filters).select_related("lead", "webhook")
     qs = qs.only(
-        "pk",
+        "id",
         "created_at",
         "updated_at",
         "error",
@@ -503,22 +547,15 @@ def dlq_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PA
         "max_retries",
         "next_retry_at",
         "state",
-        "lead__pk",
+        "lead__id",
         "lead__email",
         "lead__domain",
         "lead__company",
         "lead__state",
-        "webhook__pk",
+        "webhook__id",
         "webhook__name",
     )
-    after = _parse_dlq_cursor(cursor)
-    if after is not None:
-        at, pk = after
-        qs = qs.filter(Q(created_at__lt=at) | Q(created_at=at, pk__lt=pk))
-    rows = list(qs.order_by("-created_at", "-pk")[: size + 1])
-    more = len(rows) > size
-    rows = rows[:size]
-    return Page(rows, _dlq_cursor(rows[-1]) if more and rows else None, after is None)
+    return _keyset_by_time(qs, field="created_at", cursor=cursor, size=size)
 
 
 def dlq_groups(*, filters: dict) -> list[dict]:
@@ -534,10 +571,26 @@ def dlq_groups(*, filters: dict) -> list[dict]:
 
 
 def dlq_error_classes() -> list[str]:
-    """Error classes seen in the DLQ (a DISTINCT over the `dlq_state_class` index's second column)."""
-    return sorted(
-        DeadLetter.objects.order_by().values_list("error_class", flat=True).distinct()[:100]
+    """Error classes seen in the DLQ, for the filter (a DISTINCT scan of `dlq_state_class`, cached)."""
+    key = "clayops:dlq:error_classes"
+    classes = cache.get(key)
+    if classes is None:
+        classes = sorted(DeadLetter.objects.order_by().values_list("error_class", flat=True).distinct()[:100])
+        cache.set(key, classes, 30)
+    return classes
+
+
+def dlq_state_counts() -> list[tuple[str, int]]:
+    """Entries per unfinished state (pending, exhausted, retrying): range scans of the state index."""
+    open_states = [DeadLetter.State.PENDING, DeadLetter.State.EXHAUSTED, DeadLetter.State.RETRYING]
+    rows = dict(
+        DeadLetter.objects.filter(state__in=open_states)
+        .order_by()
+        .values_list("state")
+        .annotate(n=Count("pk"))
+        .values_list("state", "n")
     )
+    return [(state, rows.get(state, 0)) for state in open_states]
 
 
 @dataclass
@@ -548,7 +601,9 @@ class DlqEntryDetail:
 
 
 def dlq_entry(*, entry_id: int) -> DlqEntryDetail | None:
-    entry = DeadLetter.objects.select_related("lead", "webhook", "lead__lead_import").filter(pk=entry_id).first()
+    entry = (
+        DeadLetter.objects.select_related("lead", "webhook", "lead__lead_import").filter(pk=entry_id).first()
+    )
     if entry is None:
         return None
     attempts = list(Attempt.objects.filter(lead_id=entry.lead_id).select_related("webhook")[:LEAD_ATTEMPTS])

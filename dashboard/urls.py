@@ -1,9 +1,24 @@
 from django.urls import path
 
-from . import views
+from . import actions, views
 
 app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("webhooks/<int:webhook_id>/force-open", actions.breaker_force_open, name="breaker_force_open"),
+    path("webhooks/<int:webhook_id>/reset", actions.breaker_reset, name="breaker_reset"),
+    path("webhooks/<int:webhook_id>/drain-deferred", actions.offline_drain, name="offline_drain"),
+    path("leads/", views.leads, name="leads"),
+    path("leads/<int:lead_id>/", views.lead_detail, name="lead_detail"),
+    path("imports/", views.imports, name="imports"),
+    path("imports/upload", actions.import_upload, name="import_upload"),
+    path("imports/<int:import_id>/", views.import_detail, name="import_detail"),
+    path("dlq/", views.dlq, name="dlq"),
+    path("dlq/<int:entry_id>/", views.dlq_entry, name="dlq_entry"),
+    path("dlq/drain/preview", views.dlq_drain_preview, name="dlq_drain_preview"),
+    path("dlq/drain", actions.dlq_drain, name="dlq_drain"),
+    path("dlq/retry", actions.dlq_retry, name="dlq_retry"),
+    path("dlq/discard", actions.dlq_discard, name="dlq_discard"),
+    path("audit/", views.audit, name="audit"),
 ]

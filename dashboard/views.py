@@ -1,13 +1,137 @@
+"""Pages (GET). Each renders its whole template, or only its partial for an htmx request."""
+
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
+from django_htmx.http import HttpResponseStopPolling
 
-from clayops.models import Webhook
+from clayops import dlq as dlq_service
+from clayops import selectors
+
+from .access import viewer_required
+from .forms import AuditFilterForm, DlqFilterForm, LeadFilterForm, UploadForm, clean_filters
 
 
-@login_required
+def render_page(request: HttpRequest, template: str, partial: str, context: dict, status: int = 200):
+    """The whole page, or `template#partial` when htmx asks (not when it restores history)."""
+    htmx = getattr(request, "htmx", None)
+    if htmx and not htmx.history_restore_request:
+        template = f"{template}#{partial}"
+    response = render(request, template, context, status=status)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
-    webhooks = Webhook.objects.select_related("workspace", "breaker")
-    return render(request, "dashboard/overview.html", {"webhooks": webhooks})
+    cards = selectors.overview_cards()
+    version = selectors.cards_version(cards)
+    if request.htmx and request.GET.get("v") == version:
+        return HttpResponse(status=204)  # nothing changed: htmx keeps what it shows
+    return render_page(request, "dashboard/overview.html", "cards", {"cards": cards, "version": version})
+
+
+@viewer_required
+def leads(request: HttpRequest) -> HttpResponse:
+    form = LeadFilterForm(request.GET)
+    size = selectors.page_size(request.GET.get("size"))
+    page = selectors.leads_page(filters=clean_filters(form), cursor=request.GET.get("cursor"), size=size)
+    return render_page(request, "dashboard/leads.html", "results", {"form": form, "page": page})
+
+
+@viewer_required
+def lead_detail(request: HttpRequest, lead_id: int) -> HttpResponse:
+    detail = selectors.lead_detail(lead_id=lead_id)
+    if detail is None:
+        raise Http404("No such lead")
+    return render(request, "dashboard/lead_detail.html", {"detail": detail, "lead": detail.lead})
+
+
+@viewer_required
+def imports(request: HttpRequest) -> HttpResponse:
+    page = selectors.imports_page(
+        cursor=request.GET.get("cursor"), size=selectors.page_size(request.GET.get("size"))
+    )
+    return render_page(
+        request, "dashboard/imports.html", "list", imports_context(page=page, form=UploadForm())
+    )
+
+
+def imports_context(*, page=None, form=None, summary=None) -> dict:
+    page = page or selectors.imports_page()
+    running = any(imp.state in ("pending", "running") for imp in page.items)
+    return {"page": page, "form": form or UploadForm(), "summary": summary, "running": running}
+
+
+@viewer_required
+def import_detail(request: HttpRequest, import_id: int) -> HttpResponse:
+    """The import's page; for htmx its status partial (polled), with 286 once the import is finished."""
+    summary = selectors.import_summary(import_id=import_id)
+    if summary is None:
+        raise Http404("No such import")
+    response = render_page(request, "dashboard/import_detail.html", "status", {"summary": summary})
+    if request.htmx and summary.finished:
+        stop = HttpResponseStopPolling(response.content)  # 286: htmx swaps this, then stops polling
+        patch_vary_headers(stop, ["HX-Request"])
+        return stop
+    return response
+
+
+def dlq_context(data, *, message: str = "") -> dict:
+    form = DlqFilterForm(data)
+    filters = clean_filters(form)
+    page = selectors.dlq_page(
+        filters=filters, cursor=data.get("cursor"), size=selectors.page_size(data.get("size"))
+    )
+    kept = [
+        (name, value.isoformat() if hasattr(value, "isoformat") else str(value))
+        for name, value in filters.items()
+    ]
+    query = QueryDict(mutable=True)
+    for name, value in kept:
+        query[name] = value
+    return {
+        "query": query,
+        "form": form,
+        "filters": filters,
+        "filter_items": kept,
+        "page": page,
+        "groups": selectors.dlq_groups(filters=filters),
+        "state_counts": selectors.dlq_state_counts(),
+        "message": message,
+    }
+
+
+@viewer_required
+def dlq(request: HttpRequest) -> HttpResponse:
+    return render_page(request, "dashboard/dlq.html", "results", dlq_context(request.GET))
+
+
+@viewer_required
+def dlq_entry(request: HttpRequest, entry_id: int) -> HttpResponse:
+    detail = selectors.dlq_entry(entry_id=entry_id)
+    if detail is None:
+        raise Http404("No such DLQ entry")
+    return render(request, "dashboard/dlq_entry.html", {"detail": detail, "entry": detail.entry})
+
+
+@viewer_required
+def dlq_drain_preview(request: HttpRequest) -> HttpResponse:
+    """The confirmation before a drain: how many, how fast, what it costs. Acting is a POST."""
+    form = DlqFilterForm(request.GET)
+    filters = clean_filters(form)
+    webhook_id, error_class = filters.get("webhook"), filters.get("error_class")
+    preview = dlq_service.drain_preview(webhook_id=webhook_id, error_class=error_class)
+    context = {"form": form, "preview": preview, "webhook_id": webhook_id, "error_class": error_class}
+    context["webhook"] = next((w for w in selectors.webhook_choices() if w.pk == webhook_id), None)
+    return render_page(request, "dashboard/dlq_drain.html", "confirm", context)
+
+
+@viewer_required
+def audit(request: HttpRequest) -> HttpResponse:
+    form = AuditFilterForm(request.GET)
+    size = selectors.page_size(request.GET.get("size"))
+    page = selectors.audit_page(filters=clean_filters(form), cursor=request.GET.get("cursor"), size=size)
+    return render_page(request, "dashboard/audit.html", "results", {"form": form, "page": page})

@@ -1,0 +1,74 @@
+"""Who may see and who may act. Viewers see every page; operators (permission clayops.operate) act."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django_htmx.http import HttpResponseClientRedirect
+
+from clayops.setup import OPERATORS, VIEWERS
+
+OPERATE = "clayops.operate"
+
+
+def can_view(user) -> bool:
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser or user.has_perm(OPERATE):
+        return True
+    cached = getattr(user, "_clayops_can_view", None)
+    if cached is None:
+        cached = user.groups.filter(name__in=[VIEWERS, OPERATORS]).exists()
+        user._clayops_can_view = cached
+    return cached
+
+
+def can_operate(user) -> bool:
+    return user.is_authenticated and user.has_perm(OPERATE)
+
+
+def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Django's login_required, except that an htmx request (a poll after the session ended) makes
+    the whole page go to the login form instead of swapping the form into a fragment."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated:
+            htmx = getattr(request, "htmx", None)
+            if htmx:
+                back = htmx.current_url_abs_path or "/"
+                return HttpResponseClientRedirect(redirect_to_login(back).url)
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def viewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Anonymous → login page; logged in but in neither role → 403."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not can_view(request.user):
+            raise PermissionDenied("You have no role in clayops: ask an operator to add you to viewers.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Anonymous → login page; viewers and everyone else without clayops.operate → 403."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not can_operate(request.user):
+            raise PermissionDenied("Only operators may do this.")
+        return view(request, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,144 @@
+"""Actions (POST only, CSRF, operators only). Each calls one service, which writes the AuditEntry
+(the upload's entry is written here), and answers htmx with the updated partial, anyone else with a
+redirect back to the page."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+from django_htmx.http import trigger_client_event
+
+from clayops import breaker, delivery, dlq, imports, selectors
+from clayops.models import AuditEntry, Webhook
+
+from .access import operator_required
+from .forms import UploadForm
+from .views import dlq_context, imports_context
+
+
+def _card(request: HttpRequest, webhook_id: int, message: str, event: str) -> HttpResponse:
+    if not request.htmx:
+        messages.success(request, message)
+        return redirect("dashboard:overview")
+    card = selectors.overview_cards(webhook_id=webhook_id)[0]
+    response = render(request, "dashboard/overview.html#card", {"card": card, "message": message})
+    return trigger_client_event(response, event, {"webhook_id": webhook_id, "message": message})
+
+
+@require_POST
+@operator_required
+def breaker_force_open(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    webhook = get_object_or_404(Webhook, pk=webhook_id)
+    reason = request.POST.get("reason", "").strip()[:200] or "paused by operator"
+    breaker.force_open(webhook.pk, by=request.user, reason=reason)
+    return _card(request, webhook.pk, f"{webhook.name}: paused (forced open).", "breaker-changed")
+
+
+@require_POST
+@operator_required
+def breaker_reset(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    webhook = get_object_or_404(Webhook, pk=webhook_id)
+    breaker.reset(webhook.pk, by=request.user)
+    return _card(request, webhook.pk, f"{webhook.name}: breaker reset to closed.", "breaker-changed")
+
+
+@require_POST
+@operator_required
+def offline_drain(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    webhook = get_object_or_404(Webhook, pk=webhook_id)
+    n = delivery.drain_offline(by=request.user, webhook_id=webhook.pk)
+    return _card(request, webhook.pk, f"{webhook.name}: {n} deferred leads released.", "offline-drained")
+
+
+@require_POST
+@operator_required
+def import_upload(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST, request.FILES)
+    if form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            imp = imports.create_import(
+                file=upload, filename=upload.name, by=request.user, webhook=form.cleaned_data.get("webhook")
+            )
+        except ValidationError as exc:
+            form.add_error("file", exc)
+        else:
+            AuditEntry.objects.create(
+                user=request.user,
+                action="import_upload",
+                target=f"import:{imp.pk}",
+                detail={"filename": imp.filename, "size_bytes": imp.size_bytes},
+            )
+            if not request.htmx:
+                return redirect("dashboard:import_detail", imp.pk)
+            summary = selectors.import_summary(import_id=imp.pk)
+            response = render(request, "dashboard/imports.html#upload", imports_context(summary=summary))
+            return trigger_client_event(response, "imports-changed", {"import_id": imp.pk})
+    if request.htmx:  # 200 so htmx swaps the form with its errors in
+        return render(request, "dashboard/imports.html#upload", imports_context(form=form))
+    return render(request, "dashboard/imports.html", imports_context(form=form), status=400)
+
+
+def _entry_ids(request: HttpRequest) -> list[int]:
+    """The one entry of a per-row button (`only`), else the checked boxes (`ids`)."""
+    raw = [request.POST["only"]] if request.POST.get("only") else request.POST.getlist("ids")
+    return sorted({int(v) for v in raw if v.isdigit()})
+
+
+def _dlq_done(request: HttpRequest, message: str, event: str, count: int) -> HttpResponse:
+    nxt = request.POST.get("next", "")
+    if not request.htmx:
+        messages.success(request, message)
+        if nxt and url_has_allowed_host_and_scheme(nxt, {request.get_host()}):
+            return redirect(nxt)
+        return redirect(reverse("dashboard:dlq") + "?" + _filter_query(request))
+    response = render(request, "dashboard/dlq.html#results", dlq_context(request.POST, message=message))
+    return trigger_client_event(response, event, {"count": count, "message": message})
+
+
+def _filter_query(request: HttpRequest) -> str:
+    keep = ("state", "error_class", "webhook", "since", "until")
+    query = request.POST.copy()
+    for key in list(query):
+        if key not in keep or not query[key]:
+            del query[key]
+    return query.urlencode()
+
+
+@require_POST
+@operator_required
+def dlq_retry(request: HttpRequest) -> HttpResponse:
+    ids = _entry_ids(request)
+    n = dlq.retry_entries(entry_ids=ids, by=request.user) if ids else 0
+    return _dlq_done(request, _said("Retried", n, len(ids)), "dlq-changed", n)
+
+
+@require_POST
+@operator_required
+def dlq_discard(request: HttpRequest) -> HttpResponse:
+    ids = _entry_ids(request)
+    n = dlq.discard_entries(entry_ids=ids, by=request.user) if ids else 0
+    return _dlq_done(request, _said("Discarded", n, len(ids)), "dlq-changed", n)
+
+
+@require_POST
+@operator_required
+def dlq_drain(request: HttpRequest) -> HttpResponse:
+    webhook_id = int(request.POST["webhook"]) if request.POST.get("webhook", "").isdigit() else None
+    error_class = request.POST.get("error_class") or None
+    n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class)
+    message = f"Draining {n} entr{'y' if n == 1 else 'ies'} at the drain rate, through budget and breaker."
+    return _dlq_done(request, message, "dlq-changed", n)
+
+
+def _said(verb: str, done: int, asked: int) -> str:
+    if not asked:
+        return "Select at least one entry first."
+    noun = "entry" if done == 1 else "entries"
+    skipped = f" ({asked - done} were no longer pending)" if asked > done else ""
+    return f"{verb} {done} {noun}{skipped}."

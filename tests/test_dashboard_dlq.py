@@ -1,0 +1,239 @@
+"""DLQ: filters, groups, keyset pages, entry detail, bulk retry/discard and drain with confirmation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.cache import cache
+from django.urls import reverse
+from django.utils import timezone
+
+from clayops.models import Attempt, AuditEntry, DeadLetter, Lead
+
+HX = {"HTTP_HX_REQUEST": "true"}
+
+
+def dead(webhook, i, *, error_class="server_error", created_at=None, **kw):
+    lead = Lead.objects.create(
+        row={"email": f"d{i}@x.com", "note": f"row {i}"},
+        fingerprint=f"dead-{i}",
+        email=f"d{i}@x.com",
+        state=Lead.State.DEAD,
+        webhook=webhook,
+    )
+    return DeadLetter.objects.create(
+        lead=lead,
+        webhook=webhook,
+        error=f"HTTP 500 #{i}",
+        error_class=error_class,
+        created_at=created_at or timezone.now(),
+        **kw,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    cache.clear()  # the error-class list is cached
+
+
+@pytest.fixture
+def url():
+    return reverse("dashboard:dlq")
+
+
+def test_it_redirects_anonymous_to_login(client, url):
+    assert client.get(url).status_code == 302
+
+
+def test_it_lists_pending_entries_with_groups(client, url, viewer, webhook):
+    dead(webhook, 1, error_class="server_error")
+    dead(webhook, 2, error_class="server_error")
+    dead(webhook, 3, error_class="payload_too_large")
+    dead(webhook, 4, state="discarded")
+    client.force_login(viewer)
+    html = client.get(url).content.decode()
+    assert "d1@x.com" in html and "d3@x.com" in html and "d4@x.com" not in html
+    assert "<span>server_error</span> <strong>2</strong>" in html
+    assert "<span>payload_too_large</span> <strong>1</strong>" in html
+
+
+def test_it_filters_by_error_class_webhook_and_date(client, url, viewer, webhook):
+    old = timezone.now() - timedelta(days=3)
+    dead(webhook, 1, error_class="server_error")
+    dead(webhook, 2, error_class="timeout")
+    dead(webhook, 3, error_class="server_error", created_at=old)
+    client.force_login(viewer)
+    today = timezone.localdate().isoformat()
+    html = client.get(
+        url, {"error_class": "server_error", "webhook": webhook.pk, "since": today}
+    ).content.decode()
+    assert "d1@x.com" in html and "d2@x.com" not in html and "d3@x.com" not in html
+    html = client.get(url, {"until": (timezone.localdate() - timedelta(days=1)).isoformat()}).content.decode()
+    assert "d3@x.com" in html and "d1@x.com" not in html
+
+
+def test_it_paginates_by_created_at_and_id(client, url, viewer, webhook):
+    at = timezone.now()
+    entries = [dead(webhook, i, created_at=at) for i in range(3)]  # same timestamp: the id breaks ties
+    client.force_login(viewer)
+    first = client.get(url, {"size": 2}).content.decode()
+    assert "d2@x.com" in first and "d1@x.com" in first and "d0@x.com" not in first
+    cursor = first.split("cursor=")[1].split('"')[0].split("&")[0]
+    second = client.get(url, {"size": 2, "cursor": cursor}).content.decode()
+    assert "d0@x.com" in second and "d1@x.com" not in second
+    assert entries
+
+
+def test_it_returns_the_results_partial_for_htmx(client, url, viewer, webhook):
+    dead(webhook, 1)
+    client.force_login(viewer)
+    html = client.get(url, {"error_class": "server_error"}, **HX).content.decode()
+    assert "<html" not in html and html.strip().startswith('<div id="dlq-results"')
+
+
+def test_it_shows_no_checkboxes_or_buttons_to_viewers(client, url, viewer, webhook):
+    dead(webhook, 1)
+    client.force_login(viewer)
+    html = client.get(url).content.decode()
+    assert 'name="ids"' not in html and "Retry selected" not in html and "Drain" not in html
+
+
+def test_it_shows_checkboxes_and_buttons_to_operators(client, url, operator, webhook):
+    entry = dead(webhook, 1)
+    client.force_login(operator)
+    html = client.get(url).content.decode()
+    assert f'name="ids" value="{entry.pk}"' in html and "Retry selected" in html and "Drain" in html
+
+
+def test_it_retries_checked_entries_and_returns_the_table(client, operator, webhook):
+    a, b, c = dead(webhook, 1), dead(webhook, 2), dead(webhook, 3)
+    client.force_login(operator)
+    r = client.post(reverse("dashboard:dlq_retry"), {"ids": [a.pk, b.pk]}, **HX)
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert html.strip().startswith('<div id="dlq-results"') and "Retried 2 entries." in html
+    assert "dlq-changed" in r["HX-Trigger"]
+    assert "d1@x.com" not in html and "d3@x.com" in html  # no longer pending
+    for entry in (a, b):
+        entry.refresh_from_db()
+        assert entry.state == "retrying"
+    c.refresh_from_db()
+    assert c.state == "pending"
+    audit = AuditEntry.objects.get(action="dlq_retry")
+    assert audit.user == operator and audit.count == 2
+
+
+def test_it_discards_checked_entries_keeping_the_filters(client, operator, webhook):
+    a = dead(webhook, 1, error_class="bad_request")
+    dead(webhook, 2, error_class="server_error")
+    client.force_login(operator)
+    r = client.post(reverse("dashboard:dlq_discard"), {"ids": [a.pk], "error_class": "bad_request"}, **HX)
+    html = r.content.decode()
+    assert "Discarded 1 entry." in html and "d2@x.com" not in html  # still filtered
+    a.refresh_from_db()
+    assert a.state == "discarded" and Lead.objects.get(pk=a.lead_id).state == "discarded"
+    assert AuditEntry.objects.get(action="dlq_discard").count == 1
+
+
+def test_it_redirects_after_an_action_without_htmx(client, operator, webhook):
+    a = dead(webhook, 1)
+    client.force_login(operator)
+    r = client.post(
+        reverse("dashboard:dlq_retry"), {"only": a.pk, "next": reverse("dashboard:dlq_entry", args=[a.pk])}
+    )
+    assert r.status_code == 302 and r["Location"] == reverse("dashboard:dlq_entry", args=[a.pk])
+    r = client.post(reverse("dashboard:dlq_discard"), {"ids": [a.pk], "next": "https://evil.example/"})
+    assert r.status_code == 302 and r["Location"].startswith(reverse("dashboard:dlq"))
+
+
+def test_it_says_so_when_nothing_is_selected(client, operator, webhook):
+    dead(webhook, 1)
+    client.force_login(operator)
+    html = client.post(reverse("dashboard:dlq_retry"), {}, **HX).content.decode()
+    assert "Select at least one entry first." in html
+    assert AuditEntry.objects.count() == 0
+
+
+def test_it_previews_a_drain_with_count_rate_and_cost(client, operator, webhook, settings):
+    settings.CLAYOPS_DRAIN_RATE = 5.0
+    webhook.credits_per_row = Decimal("6")
+    webhook.save()
+    for i in range(3):
+        dead(webhook, i, error_class="server_error")
+    dead(webhook, 9, error_class="timeout")
+    client.force_login(operator)
+    r = client.get(reverse("dashboard:dlq_drain_preview"), {"error_class": "server_error"}, **HX)
+    html = r.content.decode()
+    assert r.status_code == 200 and "<html" not in html
+    assert "Drain 3 pending entries?" in html
+    assert "5 leads/s" in html and "18 credits" in html
+    assert 'name="error_class" value="server_error"' in html
+    assert not AuditEntry.objects.exists()  # a preview is not an action
+
+
+def test_it_drains_after_confirmation(client, operator, webhook, settings):
+    settings.CLAYOPS_DRAIN_RATE = 5.0
+    entries = [dead(webhook, i) for i in range(3)]
+    client.force_login(operator)
+    r = client.post(reverse("dashboard:dlq_drain"), {"webhook": webhook.pk}, **HX)
+    assert r.status_code == 200 and "Draining 3 entries" in r.content.decode()
+    audit = AuditEntry.objects.get(action="dlq_drain")
+    assert audit.user == operator and audit.count == 3
+    for entry in entries:
+        entry.refresh_from_db()
+        assert entry.state in ("pending", "retrying") and (entry.state == "retrying" or entry.next_retry_at)
+
+
+def test_it_shows_the_entry_with_attempts_and_payload(client, viewer, webhook):
+    entry = dead(webhook, 1, status_code=500)
+    Attempt.objects.create(
+        lead=entry.lead,
+        webhook=webhook,
+        status_code=500,
+        latency_ms=812,
+        error_class="server_error",
+        error="boom",
+        outcome="dead",
+    )
+    client.force_login(viewer)
+    html = client.get(reverse("dashboard:dlq_entry", args=[entry.pk])).content.decode()
+    assert "&quot;note&quot;: &quot;row 1&quot;" in html
+    assert "812 ms" in html and "boom" in html
+    assert "Retry this entry" not in html  # viewer
+
+
+def test_it_counts_unfinished_entries_by_state(client, url, viewer, webhook):
+    dead(webhook, 1)
+    dead(webhook, 2, state="exhausted")
+    dead(webhook, 3, state="exhausted")
+    client.force_login(viewer)
+    html = client.get(url).content.decode()
+    assert "exhausted 2</a>" in html and "pending 1</a>" in html
+    html = client.get(url, {"state": "exhausted"}).content.decode()
+    assert "d2@x.com" in html and "d1@x.com" not in html
+
+
+def test_it_serves_the_drain_confirmation_as_a_page_that_posts_without_htmx(client, operator, webhook):
+    dead(webhook, 1)
+    client.force_login(operator)
+    html = client.get(reverse("dashboard:dlq_drain_preview")).content.decode()
+    assert "<html" in html and "Drain 1 pending entry?" in html
+    assert f'action="{reverse("dashboard:dlq_drain")}"' in html and "hx-post" not in html
+
+
+def test_it_keeps_an_error_class_newer_than_the_cached_list(client, operator, webhook):
+    dead(webhook, 1, error_class="server_error")
+    client.force_login(operator)
+    client.get(reverse("dashboard:dlq"))  # caches the list of classes
+    dead(webhook, 2, error_class="brand_new")
+    html = client.get(
+        reverse("dashboard:dlq_drain_preview"), {"error_class": "brand_new"}, **HX
+    ).content.decode()
+    assert "Drain 1 pending entry?" in html and "brand_new" in html
+
+
+def test_it_renders_the_overview_without_webhooks(client, viewer):
+    client.force_login(viewer)
+    assert "No webhooks yet" in client.get(reverse("dashboard:overview")).content.decode()
