@@ -22,7 +22,16 @@ from django.db.models import Count
 
 from clayops import budget, delivery, imports
 from clayops.embedded_redis import EmbeddedRedis
-from clayops.models import CircuitBreaker, CircuitEvent, CreditBudget, DeadLetter, Lead, Webhook, Workspace
+from clayops.models import (
+    CircuitBreaker,
+    CircuitEvent,
+    CreditBudget,
+    DeadLetter,
+    Lead,
+    LeadImport,
+    Webhook,
+    Workspace,
+)
 from clayops.setup import CALLBACK_HEADER
 from tests.conftest import child_env
 from tests.fixtures_sim import clay_sim as _clay_sim  # noqa: F401
@@ -42,6 +51,7 @@ WORKER_ENV = {
     "CLAYOPS_MAX_ATTEMPTS": "8",
     "CLAYOPS_SEND_CONCURRENCY": "4",
     "CLAYOPS_BATCH_SIZE": "25",
+    "CLAYOPS_UNCERTAIN_GRACE_SECONDS": "4",
 }
 
 
@@ -275,3 +285,48 @@ def test_it_sends_exactly_what_the_budget_allows_and_resumes_when_it_rises(setup
     run_until(all_final, timeout=60)
     assert clay_sim.stats()["rows_accepted"] == 20
     assert_nothing_lost_or_sent_twice(clay_sim, 20)
+
+
+def test_it_takes_a_10000_row_csv_with_duplicates_bad_rows_and_faults_to_final_states(
+    setup_hook, clay_sim, workers, tmp_path
+):
+    clay_sim.set_faults(
+        latency_ms=5,
+        error_rate=0.03,
+        reset_rate=0.01,
+        accept_and_hang_rate=0.005,
+        rate_429=0.003,
+        hang_seconds=3,
+        seed=7,
+    )
+    lines = ["email,domain,company"]
+    for i in range(10_000):
+        if i % 100 == 1:
+            lines.append(",,No Contact Inc")  # neither email nor domain: a per-row error
+        elif i % 50 == 2:
+            lines.append(
+                f"user{i - 1}@company{i - 1}.com,company{i - 1}.com,Dup"
+            )  # duplicate of the row before
+        else:
+            lines.append(f"user{i}@company{i}.com,company{i}.com,Company {i}")
+    csv_file = tmp_path / "big.csv"
+    csv_file.write_text("\n".join(lines) + "\n")
+    with csv_file.open("rb") as fh:
+        lead_import = imports.create_import(file=fh, filename="big.csv", webhook=setup_hook)
+    workers.start(2)
+
+    run_until(
+        lambda: LeadImport.objects.filter(pk=lead_import.pk, state="done").exists() and all_final(),
+        timeout=600,
+        workers=workers,
+    )
+
+    lead_import.refresh_from_db()
+    assert lead_import.total_rows == 10_000
+    # 200 rows repeat the row before; for 100 of them that row was the invalid one, so they count as new.
+    assert lead_import.invalid_rows == 100 and lead_import.duplicate_rows == 100
+    assert lead_import.valid_rows == 10_000 - lead_import.invalid_rows - lead_import.duplicate_rows
+    assert lead_import.row_errors.count() == 100
+    assert_nothing_lost_or_sent_twice(clay_sim, lead_import.valid_rows)
+    stats = clay_sim.stats()
+    assert stats["injected_errors"] > 0 and stats["resets"] > 0  # the faults really happened

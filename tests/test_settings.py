@@ -55,12 +55,16 @@ def test_it_rejects_a_broken_database_url(tmp_path):
     assert "DATABASE_URL" in result.stderr
 
 
-def test_it_uses_wal_and_immediate_transactions_on_sqlite(db):
+def test_it_configures_the_database_for_concurrent_workers(db):
     from django.db import connection
 
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite-specific settings; this run uses " + connection.vendor)
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode")
-        assert cursor.fetchone()[0] == "wal"
-    assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    if connection.vendor == "sqlite":
+        # WAL: readers beside the writer; IMMEDIATE: no lock-upgrade deadlocks between workers.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            assert cursor.fetchone()[0] == "wal"
+        assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+        assert connection.settings_dict["OPTIONS"]["timeout"] >= 5
+    else:
+        assert connection.vendor == "postgresql"
+        assert connection.settings_dict["CONN_MAX_AGE"] == 60  # persistent connections per worker
