@@ -1,37 +1,71 @@
 """Daily credit budget: reserve before sending, settle after, never overspend.
 
 Invariant: for a budget and day, reserved + spent <= daily_limit at every moment, whatever the
-number of workers. `reserve` is ONE conditional UPDATE (`... WHERE reserved + spent + n <= limit`)
-whose row count says whether it succeeded: the database serialises concurrent reservations on the
-row, on SQLite (IMMEDIATE transactions) and on PostgreSQL alike; nothing is read-then-written in
-Python.
+number of workers. `reserve` is ONE conditional UPDATE (`... WHERE reserved + spent + n <= limit`,
+the limit read by a subquery in the same statement) whose row count says whether it succeeded: the
+database serialises concurrent reservations on the usage row (SQLite: IMMEDIATE transactions take
+the write lock at BEGIN; PostgreSQL: the row lock, with the WHERE re-checked on the updated row),
+so nothing is read-then-written in Python.
 
-Life of a reservation: held → settled (Clay answered 2xx: the row will be charged) → its actual
-cost recorded when Clay's callback reports it (spent is adjusted by the difference); or held →
-released (not sent, or Clay refused it). A held reservation whose job died expires and is released
-by the reaper. `spent` always reflects what Clay charged: if Clay charges more than the estimate,
-spent may pass the limit; further reservations are then refused until the next day or a higher limit.
+Life of a reservation:
+  held → settled    Clay answered 2xx: the row will be charged (reserved → spent, at the estimate);
+  held → released   not sent, or Clay refused it; or its job died and the reaper freed it;
+  actual recorded   Clay's callback reported the real cost: spent is corrected by the difference once.
+A reservation released by the reaper whose row Clay took after all (a slow worker got its 2xx, or
+the callback reports a cost) is charged then: `spent` always reflects what Clay charges. That means
+spent may pass the limit (Clay charged more than estimated, or a reaped row was charged); the
+invariant above then holds in its useful form: no NEW reservation succeeds until the next day or a
+higher limit.
+
+A reservation belongs to the day it was made: settled after midnight, it still counts on the day
+that reserved it (its usage row), so each day's reserved column returns to 0.
+
+SQLite stores decimals as floating point: every arithmetic UPDATE rounds to the cents in SQL, so
+sums do not drift (a drift below zero would break the `reserved >= 0` check constraint).
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Value
+from django.db.models import DecimalField, F, Subquery, Value
+from django.db.models.functions import Round
 from django.utils import timezone
 
 from .models import AuditEntry, CreditBudget, CreditReservation, CreditUsage
 
 log = logging.getLogger("clayops.budget")
 R = CreditReservation.State
+CENTS = Decimal("0.01")
+CREDITS = DecimalField(max_digits=14, decimal_places=2)
+
+
+def _credits(value, *, name: str = "amount") -> Decimal:
+    """A credit amount as an exact Decimal to the cent; refuses negatives, NaN and garbage."""
+    try:
+        amount = Decimal(str(value)).quantize(CENTS)
+    except (InvalidOperation, ValueError, TypeError):
+        raise ValueError(f"{name} must be a number of credits, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{name} must be a non-negative number of credits, got {value!r}")
+    return amount
+
+
+def _plus(field: str, amount: Decimal) -> Round:
+    """`field + amount`, rounded to the cent in SQL (exact on PostgreSQL, no float drift on SQLite)."""
+    return Round(F(field) + Value(amount, output_field=CREDITS), 2)
 
 
 def usage_for(budget: CreditBudget, *, now: datetime | None = None) -> CreditUsage:
-    """Today's usage row (the day in the budget's own time zone), created on first use."""
+    """Today's usage row (the day in the budget's own time zone), created on first use.
+
+    Creation is race-safe: two workers creating the same day's row both end up with the one row
+    (the unique constraint refuses the second insert, which then reads the winner's row).
+    """
     day = budget.day_for(now)
     usage = CreditUsage.objects.filter(budget=budget, day=day).first()
     if usage is not None:
@@ -44,8 +78,8 @@ def usage_for(budget: CreditBudget, *, now: datetime | None = None) -> CreditUsa
 
 
 def remaining(budget: CreditBudget, *, now: datetime | None = None) -> Decimal:
-    usage = usage_for(budget, now=now)
-    return budget.daily_limit - usage.reserved - usage.spent
+    """Credits that may still be reserved today (never below 0). Same as `budget.remaining(now)`."""
+    return budget.remaining(now)
 
 
 def reserve(
@@ -56,18 +90,25 @@ def reserve(
     now: datetime | None = None,
     ttl_seconds: int | None = None,
 ) -> CreditReservation | None:
-    """Hold `amount` credits of today's budget, or return None if that would pass the limit."""
+    """Hold `amount` credits of today's budget, or return None if that would pass the limit.
+
+    The reservation expires after `ttl_seconds` (default CLAYOPS_RESERVATION_TTL_SECONDS): if its
+    job dies before settling or releasing it, `reap_expired` gives the credits back.
+    """
     now = now or timezone.now()
-    amount = Decimal(amount)
+    amount = _credits(amount)
+    ttl = settings.CLAYOPS_RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     usage = usage_for(budget, now=now)
-    ttl = ttl_seconds if ttl_seconds is not None else settings.CLAYOPS_RESERVATION_TTL_SECONDS
+    # The limit is read in the same statement, so a limit change applies at once to every worker.
+    limit = Subquery(CreditBudget.objects.filter(pk=budget.pk).order_by().values("daily_limit")[:1])
     with transaction.atomic():
-        # The limit is read in the same statement (subquery), so a limit change applies at once.
-        limit = CreditBudget.objects.filter(pk=budget.pk).values("daily_limit")
-        took = CreditUsage.objects.filter(
-            pk=usage.pk, reserved__lte=limit[:1] - F("spent") - Value(amount)
-        ).update(reserved=F("reserved") + amount)
-        if not took:
+        took = (
+            CreditUsage.objects.filter(pk=usage.pk)
+            .alias(after=Round(F("reserved") + F("spent") + Value(amount, output_field=CREDITS), 2))
+            .filter(after__lte=limit)
+            .update(reserved=_plus("reserved", amount))
+        )
+        if took != 1:
             return None
         return CreditReservation.objects.create(
             usage=usage, lead=lead, amount=amount, created_at=now, expires_at=now + timedelta(seconds=ttl)
@@ -75,106 +116,153 @@ def reserve(
 
 
 def settle(*, reservation_id: int, amount: Decimal | None = None, now: datetime | None = None) -> bool:
-    """held → settled: the reserved credits become spent (at `amount`, default the estimate)."""
+    """Clay took the row (2xx): the reservation's credits become spent, at `amount` (default: the estimate).
+
+    held → settled: reserved -= the held amount, spent += amount. A reservation already released
+    (the reaper freed it while a slow request was still out) is charged too: spent += amount.
+    Idempotent: only the call whose conditional UPDATE moved the state returns True.
+    """
     now = now or timezone.now()
     with transaction.atomic():
-        reservation = CreditReservation.objects.filter(pk=reservation_id).first()
-        if reservation is None:
+        row = CreditReservation.objects.filter(pk=reservation_id).values("usage_id", "amount").first()
+        if row is None:
             return False
-        charged = reservation.amount if amount is None else Decimal(amount)
-        if not CreditReservation.objects.filter(pk=reservation_id, state=R.HELD).update(
-            state=R.SETTLED, actual=charged if amount is not None else None, closed_at=now
+        charge = row["amount"] if amount is None else _credits(amount)
+        usage = CreditUsage.objects.filter(pk=row["usage_id"])
+        if CreditReservation.objects.filter(pk=reservation_id, state=R.HELD).update(
+            state=R.SETTLED, charged=charge, closed_at=now
         ):
+            usage.update(reserved=_plus("reserved", -row["amount"]), spent=_plus("spent", charge))
+        elif CreditReservation.objects.filter(pk=reservation_id, state=R.RELEASED).update(
+            state=R.SETTLED, charged=charge
+        ):
+            usage.update(spent=_plus("spent", charge))
+        else:
             return False
-        CreditUsage.objects.filter(pk=reservation.usage_id).update(
-            reserved=F("reserved") - reservation.amount, spent=F("spent") + charged
-        )
-    _check_alert(reservation.usage_id, now=now)
+    check_alert(row["usage_id"], now=now)
     return True
 
 
 def release(*, reservation_id: int, now: datetime | None = None) -> bool:
-    """held → released: the credits go back to the budget."""
+    """held → released: the credits go back to the budget. Idempotent (True only for the call that did it)."""
     now = now or timezone.now()
     with transaction.atomic():
-        reservation = CreditReservation.objects.filter(pk=reservation_id).only("amount", "usage_id").first()
-        if reservation is None:
+        row = CreditReservation.objects.filter(pk=reservation_id).values("usage_id", "amount").first()
+        if row is None:
             return False
         if not CreditReservation.objects.filter(pk=reservation_id, state=R.HELD).update(
             state=R.RELEASED, closed_at=now
         ):
             return False
-        CreditUsage.objects.filter(pk=reservation.usage_id).update(
-            reserved=F("reserved") - reservation.amount
-        )
+        CreditUsage.objects.filter(pk=row["usage_id"]).update(reserved=_plus("reserved", -row["amount"]))
     return True
 
 
 def record_actual(*, reservation_id: int, actual: Decimal, now: datetime | None = None) -> bool:
-    """Clay's callback reported the real cost. Applied once per reservation; repeats change nothing."""
+    """Clay's callback reported the real cost of the row. Applied once; a repeat changes nothing.
+
+    held: settled at `actual`. settled: spent += actual - what settling charged. released (reaped,
+    yet Clay charged): spent += actual. Returns True only for the call that applied it.
+    """
     now = now or timezone.now()
-    actual = Decimal(actual)
-    reservation = CreditReservation.objects.filter(pk=reservation_id).first()
-    if reservation is None or reservation.actual is not None:
-        return False
-    if reservation.state == R.HELD and settle(reservation_id=reservation_id, amount=actual, now=now):
-        return True
+    actual = _credits(actual, name="actual")
     with transaction.atomic():
-        # Settled at the estimate: spend the difference. Released (reaped) but charged: spend it all.
-        claimed = CreditReservation.objects.filter(pk=reservation_id, actual__isnull=True).exclude(
-            state=R.HELD
-        )
-        current = claimed.first()
-        if current is None or not claimed.update(actual=actual):
+        # The claim: `actual` is written once. On PostgreSQL this UPDATE also locks the row until
+        # commit, so a concurrent settle() waits and then finds the state this call leaves.
+        if not CreditReservation.objects.filter(pk=reservation_id, actual__isnull=True).update(actual=actual):
             return False
-        delta = actual - current.amount if current.state == R.SETTLED else actual
-        if delta:
-            CreditUsage.objects.filter(pk=current.usage_id).update(spent=F("spent") + delta)
-    _check_alert(current.usage_id, now=now)
+        row = CreditReservation.objects.values("usage_id", "amount", "charged", "state").get(
+            pk=reservation_id
+        )
+        this = CreditReservation.objects.filter(pk=reservation_id)
+        usage = CreditUsage.objects.filter(pk=row["usage_id"])
+        if row["state"] == R.HELD:
+            this.update(state=R.SETTLED, charged=actual, closed_at=now)
+            usage.update(reserved=_plus("reserved", -row["amount"]), spent=_plus("spent", actual))
+        elif row["state"] == R.SETTLED:
+            already = row["charged"] if row["charged"] is not None else row["amount"]
+            this.update(charged=actual)
+            if actual != already:
+                usage.update(spent=_plus("spent", actual - already))
+        else:  # released, but Clay enriched (and charged) the row anyway
+            this.update(state=R.SETTLED, charged=actual)
+            usage.update(spent=_plus("spent", actual))
+    check_alert(row["usage_id"], now=now)
     return True
 
 
 def reap_expired(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """Release held reservations past their expiry (their job died). Returns how many."""
+    """Release held reservations past their expiry (their job died). Returns how many.
+
+    Safe to run in several processes at once: each release is a conditional UPDATE.
+    """
     now = now or timezone.now()
     ids = list(
-        CreditReservation.objects.filter(state=R.HELD, expires_at__lt=now).values_list("pk", flat=True)[
-            :limit
-        ]
+        CreditReservation.objects.filter(state=R.HELD, expires_at__lt=now)
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:limit]
     )
     return sum(1 for pk in ids if release(reservation_id=pk, now=now))
 
 
 def set_daily_limit(*, budget: CreditBudget, limit: Decimal, by=None) -> None:
-    old = CreditBudget.objects.values_list("daily_limit", flat=True).get(pk=budget.pk)
-    CreditBudget.objects.filter(pk=budget.pk).update(daily_limit=limit, updated_at=timezone.now())
-    budget.daily_limit = Decimal(limit)
-    AuditEntry.objects.create(
-        user=by,
-        action="budget_limit_change",
-        target=f"budget:{budget.pk} {budget}",
-        detail={"from": str(old), "to": str(limit)},
-    )
+    """Change the daily limit (at once, for every worker) and write it to the audit log.
 
-
-def _check_alert(usage_id: int, *, now: datetime) -> None:
-    """Soft alert once a day when spend passes the budget's alert percentage: event and log line."""
-    usage = CreditUsage.objects.select_related("budget").filter(pk=usage_id, alerted_at__isnull=True).first()
-    if usage is None or usage.budget.daily_limit <= 0:
-        return
-    share = usage.spent * 100 / usage.budget.daily_limit
-    if share < usage.budget.alert_percent:
-        return
-    if CreditUsage.objects.filter(pk=usage_id, alerted_at__isnull=True).update(alerted_at=now):
-        log.warning(
-            "budget %s: %.0f%% of today's %s credits spent", usage.budget, share, usage.budget.daily_limit
-        )
+    Lowering it below what is already reserved and spent today cancels nothing: held reservations
+    stand, and new ones are refused until spend falls under the new limit (the next day).
+    """
+    limit = _credits(limit, name="limit")
+    now = timezone.now()
+    with transaction.atomic():
+        old = CreditBudget.objects.values_list("daily_limit", flat=True).get(pk=budget.pk)
+        CreditBudget.objects.filter(pk=budget.pk).update(daily_limit=limit, updated_at=now)
         AuditEntry.objects.create(
-            action="budget_alert",
-            target=f"budget:{usage.budget_id} {usage.budget}",
-            detail={
-                "spent": str(usage.spent),
-                "limit": str(usage.budget.daily_limit),
-                "percent": round(float(share), 1),
-            },
+            user=by,
+            action="budget_limit_change",
+            target=f"budget:{budget.pk} {budget}",
+            detail={"from": str(old), "to": str(limit)},
+            at=now,
         )
+    budget.daily_limit = limit
+
+
+def check_alert(usage: CreditUsage | int, *, now: datetime | None = None) -> bool:
+    """Soft alert, once per budget and day, when spent reaches alert_percent of the limit.
+
+    The "once" is a conditional UPDATE of alerted_at (IS NULL → now): of any number of workers
+    crossing the threshold together, one writes the audit entry and logs the warning. Only spent
+    counts (reserved credits may still be released). Returns True for the call that fired it.
+    """
+    now = now or timezone.now()
+    usage_id = usage if isinstance(usage, int) else usage.pk
+    budget = CreditBudget.objects.filter(usage__pk=usage_id).first()
+    if budget is None or budget.daily_limit <= 0:
+        return False
+    threshold = (budget.daily_limit * budget.alert_percent / 100).quantize(CENTS)
+    if not CreditUsage.objects.filter(pk=usage_id, alerted_at__isnull=True, spent__gte=threshold).update(
+        alerted_at=now
+    ):
+        return False
+    current = CreditUsage.objects.get(pk=usage_id)
+    share = float(current.spent * 100 / budget.daily_limit)
+    log.warning(
+        "budget %s: %.0f%% of the daily limit spent on %s (%s of %s credits)",
+        budget,
+        share,
+        current.day,
+        current.spent,
+        budget.daily_limit,
+    )
+    AuditEntry.objects.create(
+        action="budget_alert",
+        target=f"budget:{budget.pk} {budget}",
+        detail={
+            "day": current.day.isoformat(),
+            "spent": str(current.spent),
+            "limit": str(budget.daily_limit),
+            "percent": round(share, 1),
+            "alert_percent": budget.alert_percent,
+        },
+        at=now,
+    )
+    return True

@@ -89,6 +89,15 @@ class CreditBudget(models.Model):
         """The budget day `at` falls in, in the budget's own time zone."""
         return (at or timezone.now()).astimezone(self.tz()).date()
 
+    def remaining(self, now: datetime | None = None) -> Decimal:
+        """Credits that may still be reserved today: limit - reserved - spent, never below 0.
+
+        A read: it does not create today's usage row (clayops.budget.usage_for does, on first use).
+        """
+        usage = CreditUsage.objects.filter(budget=self, day=self.day_for(now)).first()
+        used = (usage.reserved + usage.spent) if usage is not None else Decimal("0")
+        return max(Decimal("0"), self.daily_limit - used)
+
 
 class CreditUsage(models.Model):
     budget = models.ForeignKey(CreditBudget, on_delete=models.CASCADE, related_name="usage")
@@ -115,8 +124,16 @@ class CreditReservation(models.Model):
 
     usage = models.ForeignKey(CreditUsage, on_delete=models.CASCADE, related_name="reservations")
     lead = models.ForeignKey("Lead", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    amount = credits_field()
-    actual = credits_field(null=True, blank=True, default=None)
+    amount = credits_field(help_text="Credits held: the estimate (the webhook's credits per row).")
+    charged = credits_field(
+        null=True,
+        blank=True,
+        default=None,
+        help_text="Credits this reservation currently adds to spent (set when settled or charged).",
+    )
+    actual = credits_field(
+        null=True, blank=True, default=None, help_text="The real cost Clay's callback reported (set once)."
+    )
     state = models.CharField(max_length=10, choices=State.choices, default=State.HELD)
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
@@ -232,14 +249,16 @@ class CircuitBreaker(models.Model):
     half_open_successes = models.PositiveIntegerField(default=0)
     # Thresholds
     failure_threshold = models.PositiveIntegerField(
-        default=5, help_text="Open after this many consecutive failures."
+        default=5, validators=[MinValueValidator(1)], help_text="Open after this many consecutive failures."
     )
     failure_rate_threshold = models.PositiveSmallIntegerField(
         default=50,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
         help_text="Open when the failure rate (%) over the window reaches this, given enough calls.",
     )
-    window_seconds = models.PositiveIntegerField(default=60, help_text="Sliding window for the failure rate.")
+    window_seconds = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1)], help_text="Sliding window for the failure rate."
+    )
     minimum_calls = models.PositiveIntegerField(
         default=20, help_text="Calls needed in the window before the failure rate may open the breaker."
     )
@@ -247,10 +266,12 @@ class CircuitBreaker(models.Model):
         default=30, help_text="How long the breaker stays open before it lets probes through."
     )
     half_open_max_probes = models.PositiveSmallIntegerField(
-        default=1, help_text="Probe calls allowed at once while half-open."
+        default=1, validators=[MinValueValidator(1)], help_text="Probe calls allowed at once while half-open."
     )
     success_threshold = models.PositiveSmallIntegerField(
-        default=2, help_text="Probe successes that close the breaker again."
+        default=2,
+        validators=[MinValueValidator(1)],
+        help_text="Probe successes that close the breaker again.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

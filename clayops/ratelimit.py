@@ -2,12 +2,23 @@
 of its webhooks and every worker on every machine.
 
 The bucket is one Lua script (atomic in Redis) that reads Redis' own clock (TIME), so workers on
-machines with skewed clocks still share one notion of time. It takes the tokens only when all of
-them are there; otherwise it takes nothing and says how long to wait.
+machines with skewed clocks still share one notion of time. It takes the tokens only when they are
+there; otherwise it takes nothing and says how long to wait. A request for more tokens than the
+bucket holds (n > burst) would never pass: it passes when the bucket is full and leaves the bucket
+in debt, so the long-run rate still holds.
+
+The hourly cap (some plans limit records per hour) is a fixed counter per clock hour, also keyed by
+Redis' clock.
+
+The scripts run on one Redis client per process (`redis_connection()`): django_rq's
+`get_connection()` builds a new client with its own connection pool on every call.
 """
 
 from __future__ import annotations
 
+import os
+import random
+import threading
 import time
 
 import django_rq
@@ -22,81 +33,111 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', key, 'tokens', 'ts')
 local tokens = tonumber(state[1])
 local ts = tonumber(state[2])
-if tokens == nil then
+if tokens == nil or ts == nil then
   tokens = burst
   ts = now
 end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+local need = math.min(n, burst)
 local wait = 0
-if tokens >= n then
+if tokens >= need then
   tokens = tokens - n
 else
-  wait = (n - tokens) / rate
+  wait = (need - tokens) / rate
 end
-redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', key, math.ceil((burst / rate) * 1000) + 1000)
-return tostring(wait)
+redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', ts))
+-- Once the bucket would be full again its state carries no information: let it expire.
+redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
+return string.format('%.6f', wait)
 """
 
 HOURLY = """
-local count = redis.call('INCRBY', KEYS[1], ARGV[1])
-if count == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 3700) end
-if count > tonumber(ARGV[2]) then
-  redis.call('DECRBY', KEYS[1], ARGV[1])
-  local t = redis.call('TIME')
-  return 3600 - (tonumber(t[1]) % 3600)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local key = KEYS[1] .. ':' .. math.floor(now / 3600)
+local n = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', key) or '0')
+-- A batch larger than the whole cap may go alone in an empty hour (it could never pass otherwise).
+if used + n > cap and used > 0 then
+  return string.format('%.6f', 3600 - (now % 3600))
 end
-return 0
+redis.call('INCRBY', key, n)
+redis.call('EXPIRE', key, 3700)
+return '0'
 """
 
-_scripts: dict[tuple[int, str], object] = {}
+_lock = threading.Lock()
+_client: tuple[int, object] | None = None
+_scripts: dict[str, object] = {}
 
 
-def _script(connection, source: str):
-    key = (id(connection), source)
-    if key not in _scripts:
-        _scripts[key] = connection.register_script(source)
-    return _scripts[key]
+def redis_connection():
+    """This process' client for the default queue's Redis (created once; again after a fork)."""
+    global _client
+    pid = os.getpid()
+    client = _client
+    if client is None or client[0] != pid:
+        with _lock:
+            if _client is None or _client[0] != pid:
+                _client = (pid, django_rq.get_connection("default"))
+            client = _client
+    return client[1]
 
 
-def _conn(connection):
-    return connection if connection is not None else django_rq.get_connection("default")
+def run_script(source: str, *, keys: list[str], args: list, connection=None):
+    """Run a Lua script by its SHA (loaded on first use, and again after a Redis restart)."""
+    conn = connection if connection is not None else redis_connection()
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts.setdefault(source, conn.register_script(source))
+    return script(keys=keys, args=args, client=conn)
 
 
 def acquire(workspace_id: int, *, rate: float, burst: int, n: int = 1, connection=None) -> float:
-    """Take n tokens: 0.0 if granted, else the seconds to wait (and nothing taken).
+    """Take n tokens: 0.0 if granted, else the seconds to wait (and nothing is taken).
 
-    rate <= 0 means no limit. A request for more tokens than the burst can ever hold is granted
-    when the bucket is full (it would otherwise never pass).
+    rate <= 0 means no limit. burst is how many may go at once (at least 1).
     """
-    if rate <= 0:
+    if rate <= 0 or n <= 0:
         return 0.0
     burst = max(1, int(burst))
-    n = min(n, burst)
-    conn = _conn(connection)
-    wait = _script(conn, TOKEN_BUCKET)(keys=[f"clayops:rate:{workspace_id}"], args=[rate, burst, n])
+    wait = run_script(
+        TOKEN_BUCKET, keys=[f"clayops:rate:{workspace_id}"], args=[rate, burst, int(n)], connection=connection
+    )
     return float(wait)
 
 
 def acquire_blocking(
     workspace_id: int, *, rate: float, burst: int, n: int = 1, max_wait: float, connection=None
 ) -> bool:
-    """Wait for n tokens up to max_wait seconds. True when granted."""
+    """Wait for n tokens, at most max_wait seconds. True when granted; False (nothing taken) otherwise.
+
+    Gives up at once when the wait the bucket announces would pass max_wait, rather than sleeping
+    for nothing. A few milliseconds of jitter keep waiting workers from retrying in lockstep.
+    """
     deadline = time.monotonic() + max_wait
     while True:
         wait = acquire(workspace_id, rate=rate, burst=burst, n=n, connection=connection)
         if wait <= 0:
             return True
-        if time.monotonic() + wait > deadline:
+        left = deadline - time.monotonic()
+        if wait > left:
             return False
-        time.sleep(wait)
+        time.sleep(min(left, wait + random.uniform(0, min(0.01, wait))))
 
 
 def hourly_allow(workspace_id: int, *, cap: int | None, n: int = 1, connection=None) -> float:
-    """Records-per-hour cap of some plans: 0.0 if allowed (and counted), else seconds to the next hour."""
-    if not cap:
+    """Records-per-hour cap of some plans: 0.0 if allowed (and counted), else seconds to the next hour.
+
+    cap None (or 0) means no hourly cap. Hours are Redis' clock hours (UTC), shared by all workers.
+    """
+    if not cap or cap <= 0 or n <= 0:
         return 0.0
-    conn = _conn(connection)
-    hour = int(time.time() // 3600)
-    wait = _script(conn, HOURLY)(keys=[f"clayops:hourly:{workspace_id}:{hour}"], args=[n, cap])
+    wait = run_script(
+        HOURLY, keys=[f"clayops:hourly:{workspace_id}"], args=[int(n), int(cap)], connection=connection
+    )
     return float(wait)
