@@ -114,6 +114,8 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("\nStopping ...")
         finally:
+            # A second Ctrl-C must not leave processes behind: finish stopping first.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             self._stop(children)
             if redis_server is not None:
                 redis_server.stop()
