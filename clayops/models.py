@@ -17,6 +17,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+
 def credits_field(**kwargs) -> models.DecimalField:
     """Credits may be fractional (0.5 per enrichment is common): exact decimals, never floats."""
     kwargs.setdefault("max_digits", 14)
@@ -159,7 +160,9 @@ class Workspace(models.Model):
         null=True, blank=True, help_text="Records per hour your plan allows (empty: no hourly cap)."
     )
     paused_until = models.DateTimeField(
-        null=True, blank=True, help_text="Set by a 402 (credits or actions exhausted at Clay) or by an operator."
+        null=True,
+        blank=True,
+        help_text="Set by a 402 (credits or actions exhausted at Clay) or by an operator.",
     )
     pause_reason = models.CharField(max_length=200, blank=True)
 
@@ -194,7 +197,9 @@ class Webhook(models.Model):
     rows_sent = models.PositiveIntegerField(default=0)
     is_active = models.BooleanField(default=True)
     is_full = models.BooleanField(default=False, help_text="Row cap reached: leads go to the next webhook.")
-    priority = models.PositiveSmallIntegerField(default=100, help_text="Lower is tried first when failing over.")
+    priority = models.PositiveSmallIntegerField(
+        default=100, help_text="Lower is tried first when failing over."
+    )
     batch_size = models.PositiveSmallIntegerField(
         default=1,
         validators=[MinValueValidator(1), MaxValueValidator(10)],
@@ -301,7 +306,9 @@ class LeadImport(models.Model):
 
     filename = models.CharField(max_length=255)
     file = models.FileField(upload_to="imports/", blank=True)
-    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     webhook = models.ForeignKey(Webhook, null=True, blank=True, on_delete=models.SET_NULL)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     size_bytes = models.PositiveBigIntegerField(default=0)
@@ -364,7 +371,9 @@ class Lead(models.Model):
     lead_import = models.ForeignKey(
         LeadImport, null=True, blank=True, on_delete=models.SET_NULL, related_name="leads"
     )
-    webhook = models.ForeignKey(Webhook, null=True, blank=True, on_delete=models.SET_NULL, related_name="leads")
+    webhook = models.ForeignKey(
+        Webhook, null=True, blank=True, on_delete=models.SET_NULL, related_name="leads"
+    )
     line = models.PositiveIntegerField(null=True, blank=True, help_text="Line in the imported file.")
     row = models.JSONField(help_text="The row as it will be sent to Clay (without clayops' own fields).")
     fingerprint = models.CharField(max_length=64, unique=True)
@@ -463,7 +472,9 @@ class HealthSample(models.Model):
     latency_max_ms = models.FloatField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["webhook", "minute"], name="healthsample_webhook_minute")]
+        constraints = [
+            models.UniqueConstraint(fields=["webhook", "minute"], name="healthsample_webhook_minute")
+        ]
 
 
 class EnrichmentCache(models.Model):
