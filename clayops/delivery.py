@@ -202,7 +202,7 @@ def deliver_chunk(chunk: Chunk) -> dict[str, int]:
         }
     if webhook.paused_until and webhook.paused_until > now:
         return {"deferred": _defer_unclaimed(ids, "webhook paused by Clay (429)", webhook.paused_until)}
-    blocked_for = _breaker_blocked_for(webhook.pk, now=now)
+    blocked_for = _breaker_blocked_for(breaker.get_breaker(webhook.pk), now=now)
     if blocked_for is not None:
         # Cheap pre-check so a backlog spends no rate tokens while the circuit is open; allow()
         # below stays the authority.
@@ -317,9 +317,8 @@ def deliver_chunk(chunk: Chunk) -> dict[str, int]:
     return counts
 
 
-def _breaker_blocked_for(webhook_id: int, *, now: datetime) -> float | None:
+def _breaker_blocked_for(row: CircuitBreaker, *, now: datetime) -> float | None:
     """None if the breaker may admit calls; else seconds until it might (0: until an operator resets)."""
-    row = breaker.get_breaker(webhook_id)
     if row.state == CircuitBreaker.State.FORCED_OPEN:
         return 0.0
     if row.state == CircuitBreaker.State.OPEN:
@@ -327,11 +326,6 @@ def _breaker_blocked_for(webhook_id: int, *, now: datetime) -> float | None:
         if remaining > 0:
             return remaining
     return None
-
-
-def remaining_credits(credit_budget, *, now: datetime) -> Decimal:
-    usage = budget.usage_for(credit_budget, now=now)
-    return credit_budget.daily_limit - usage.reserved - usage.spent
 
 
 def _release(reservations: dict[int, CreditReservation]) -> None:
@@ -644,17 +638,13 @@ def drain_offline_step(*, now: datetime, webhook_id: int | None = None, limit: i
 def _capacity(webhook: Webhook, *, now: datetime) -> int:
     """How many leads this webhook could take right now without a guard refusing them."""
     workspace = webhook.workspace
-    if (workspace.paused_until and workspace.paused_until > now) or (
-        webhook.paused_until and webhook.paused_until > now
-    ):
+    if retry.workspace_paused_for(workspace, now=now) or retry.webhook_paused_for(webhook, now=now):
         return 0
-    if _breaker_blocked_for(webhook.pk, now=now) is not None:
-        return 0
-    cap = 10**9
     row = breaker.get_breaker(webhook.pk)
-    if row.state != CircuitBreaker.State.CLOSED:
-        cap = row.half_open_max_probes
-    remaining = remaining_credits(workspace.budget, now=now)
+    if _breaker_blocked_for(row, now=now) is not None:
+        return 0
+    cap = 10**9 if row.state == CircuitBreaker.State.CLOSED else row.half_open_max_probes
+    remaining = budget.remaining(workspace.budget, now=now)
     per_row = webhook.credits_per_row or Decimal("0")
     if per_row > 0:
         cap = min(cap, int(remaining // per_row))
