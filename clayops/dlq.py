@@ -16,6 +16,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .models import AuditEntry, DeadLetter, Lead, Webhook
@@ -85,10 +86,9 @@ def _resubmit(entry_ids: Sequence[int], *, states: Sequence[str]) -> list[int]:
             return []
         pks = [pk for pk, _ in entries]
         lead_ids = [lead_id for _, lead_id in entries]
-        for pk in pks:  # retry_count + 1 each, claimed by state
-            DeadLetter.objects.filter(pk=pk, state__in=states).update(
-                state=D.RETRYING, retry_count=F("retry_count") + 1, next_retry_at=None, updated_at=now
-            )
+        DeadLetter.objects.filter(pk__in=pks, state__in=states).update(
+            state=D.RETRYING, retry_count=F("retry_count") + 1, next_retry_at=None, updated_at=now
+        )
         moved = list(Lead.objects.filter(pk__in=lead_ids, state=Lead.State.DEAD).values_list("pk", flat=True))
         Lead.objects.filter(pk__in=moved, state=Lead.State.DEAD).update(
             state=Lead.State.QUEUED, state_changed_at=now, next_attempt_at=None, attempt_count=0
@@ -180,11 +180,10 @@ def drain(
     """
     now = timezone.now()
     qs = _filtered(webhook_id=webhook_id, error_class=error_class)
-    count = 0
-    for entry_id, retries, max_retries in qs.values_list("pk", "retry_count", "max_retries").iterator():
-        count += DeadLetter.objects.filter(pk=entry_id, state=D.PENDING).update(
-            next_retry_at=now, max_retries=max(max_retries, retries + 1), updated_at=now
-        )
+    # One statement: due now, with at least one more retry allowed than already used.
+    count = qs.update(
+        next_retry_at=now, max_retries=Greatest(F("max_retries"), F("retry_count") + 1), updated_at=now
+    )
     AuditEntry.objects.create(
         user=by,
         action="dlq_drain",
