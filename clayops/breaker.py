@@ -55,8 +55,9 @@ local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local field = ARGV[3]
+local count = tonumber(ARGV[4] or '1')
 if field ~= '' then
-  redis.call('HINCRBY', key, field, 1)
+  redis.call('HINCRBY', key, field, count)
   redis.call('EXPIRE', key, window + 60)
 end
 local all = redis.call('HGETALL', key)
@@ -117,13 +118,13 @@ def _event(
     )
 
 
-def _window(breaker: CircuitBreaker, *, now: datetime, outcome: str) -> tuple[int, int]:
-    """Count this call ('s' success, 'f' failure) and return (successes, failures) in the window."""
+def _window(breaker: CircuitBreaker, *, now: datetime, outcome: str, count: int = 1) -> tuple[int, int]:
+    """Count `count` calls ('s' success, 'f' failure) and return (successes, failures) in the window."""
     second = int(now.timestamp())
     ok, bad = run_script(
         WINDOW_SCRIPT,
         keys=[f"clayops:breaker:{breaker.pk}:window"],
-        args=[second, breaker.window_seconds, f"{second}:{outcome}"],
+        args=[second, breaker.window_seconds, f"{second}:{outcome}", count],
     )
     return int(ok), int(bad)
 
@@ -194,6 +195,44 @@ def allow(webhook_id: int, *, now: datetime | None = None) -> Admission:
         "open: cooling down",
         cooldown_remaining(current, now=now) or float(current.cooldown_seconds),
     )
+
+
+def allow_many(webhook_id: int, n: int, *, now: datetime | None = None) -> tuple[list[bool], Admission]:
+    """Admit up to n calls at once (one job's requests). Returns (probe flag of each admitted call,
+    the first admission, or the refusal that stopped the admissions).
+
+    Closed: all n, as ordinary calls, for one read of the row. Half-open: one probe slot per call,
+    taken by allow() while slots are free, so the number of probes in flight never passes K.
+    """
+    first = allow(webhook_id, now=now)
+    if not first.allowed:
+        return [], first
+    if not first.probe:
+        return [False] * n, first
+    flags = [True]
+    while len(flags) < n:
+        more = allow(webhook_id, now=now)
+        if not more.allowed:
+            return flags, more
+        if not more.probe:  # closed meanwhile: the rest are ordinary calls
+            return flags + [False] * (n - len(flags)), first
+        flags.append(True)
+    return flags, first
+
+
+def record_successes(webhook_id: int, count: int, *, now: datetime | None = None) -> None:
+    """record_success() for `count` ordinary (non-probe) calls at once: one window update, one UPDATE."""
+    if count <= 0:
+        return
+    now = now or timezone.now()
+    breaker = get_breaker(webhook_id)
+    if breaker.state != State.CLOSED:
+        return  # only probes move an open or half-open breaker
+    _window(breaker, now=now, outcome="s", count=count)
+    if breaker.consecutive_failures:
+        CircuitBreaker.objects.filter(pk=breaker.pk, state=State.CLOSED, consecutive_failures__gt=0).update(
+            consecutive_failures=0, updated_at=now
+        )
 
 
 def record_success(webhook_id: int, *, probe: bool, now: datetime | None = None) -> None:

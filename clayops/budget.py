@@ -115,6 +115,104 @@ def reserve(
         )
 
 
+def reserve_many(
+    *,
+    budget: CreditBudget,
+    amount: Decimal,
+    lead_ids: list[int],
+    now: datetime | None = None,
+    ttl_seconds: int | None = None,
+) -> dict[int, int]:
+    """Hold `amount` credits for each of `lead_ids`, as many as today's budget allows, in list order.
+
+    Returns {lead id: reservation id} for the leads that got one (the first k of the list). The
+    hold for all k is ONE conditional UPDATE of the usage row, as in reserve(); when the whole list
+    does not fit, it asks again for as many as fit. The reservations are inserted in one statement,
+    in the same transaction as the UPDATE.
+    """
+    now = now or timezone.now()
+    amount = _credits(amount)
+    ttl = settings.CLAYOPS_RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+    usage = usage_for(budget, now=now)
+    limit = Subquery(CreditBudget.objects.filter(pk=budget.pk).order_by().values("daily_limit")[:1])
+    want = len(lead_ids)
+    expires = now + timedelta(seconds=ttl)
+    while want > 0:
+        total = amount * want
+        with transaction.atomic():
+            took = (
+                CreditUsage.objects.filter(pk=usage.pk)
+                .alias(after=Round(F("reserved") + F("spent") + Value(total, output_field=CREDITS), 2))
+                .filter(after__lte=limit)
+                .update(reserved=_plus("reserved", total))
+            )
+            if took == 1:
+                made = CreditReservation.objects.bulk_create(
+                    CreditReservation(
+                        usage=usage, lead_id=pk, amount=amount, created_at=now, expires_at=expires
+                    )
+                    for pk in lead_ids[:want]
+                )
+                return {r.lead_id: r.pk for r in made}
+        if amount <= 0:
+            return {}  # spend is already past the limit: nothing fits
+        fits = int(remaining(CreditBudget.objects.get(pk=budget.pk), now=now) // amount)
+        want = min(want - 1, fits)  # always shrinks: a racing worker cannot keep us looping
+    return {}
+
+
+def _close_held(reservation_ids, *, state: str, now: datetime) -> list[int]:
+    """held → `state` for these reservations, with the usage rows adjusted, in one transaction.
+
+    The held rows are locked (PostgreSQL: FOR UPDATE, in id order; SQLite: the IMMEDIATE
+    transaction's write lock) so a reaper releasing one at the same moment cannot be counted twice.
+    Returns the ids moved; those not held are left to the caller.
+    """
+    with transaction.atomic():
+        held = list(
+            CreditReservation.objects.select_for_update()
+            .filter(pk__in=list(reservation_ids), state=R.HELD)
+            .order_by("pk")
+            .values_list("pk", "usage_id", "amount")
+        )
+        if not held:
+            return []
+        fields = {"state": state, "closed_at": now}
+        if state == R.SETTLED:
+            fields["charged"] = F("amount")
+        CreditReservation.objects.filter(pk__in=[pk for pk, _, _ in held], state=R.HELD).update(**fields)
+        per_usage: dict[int, Decimal] = {}
+        for _, usage_id, held_amount in held:
+            per_usage[usage_id] = per_usage.get(usage_id, Decimal("0")) + held_amount
+        for usage_id, total in per_usage.items():
+            changes = {"reserved": _plus("reserved", -total)}
+            if state == R.SETTLED:
+                changes["spent"] = _plus("spent", total)
+            CreditUsage.objects.filter(pk=usage_id).update(**changes)
+    if state == R.SETTLED:
+        for usage_id in per_usage:
+            check_alert(usage_id, now=now)
+    return [pk for pk, _, _ in held]
+
+
+def settle_many(reservation_ids, *, now: datetime | None = None) -> int:
+    """settle() at the estimate for many reservations at once (Clay took their rows). Returns how many.
+
+    Held ones move in one statement per table; any already released (reaped while the request was
+    out) are charged one by one, as settle() does.
+    """
+    now = now or timezone.now()
+    ids = list(reservation_ids)
+    moved = set(_close_held(ids, state=R.SETTLED, now=now))
+    late = sum(1 for pk in ids if pk not in moved and settle(reservation_id=pk, now=now))
+    return len(moved) + late
+
+
+def release_many(reservation_ids, *, now: datetime | None = None) -> int:
+    """release() for many held reservations at once (their rows were not sent). Returns how many."""
+    return len(_close_held(list(reservation_ids), state=R.RELEASED, now=now or timezone.now()))
+
+
 def settle(*, reservation_id: int, amount: Decimal | None = None, now: datetime | None = None) -> bool:
     """Clay took the row (2xx): the reservation's credits become spent, at `amount` (default: the estimate).
 

@@ -1,29 +1,33 @@
-"""The path a lead travels: claim, guards (pause, rate, breaker, budget, row cap), send, record, classify.
+"""The path a lead travels: claim, guards (pause, breaker, budget, row cap, rate), send, record, classify.
 
 Every state change of a lead is a conditional UPDATE on (state, claim_token), so two workers can
 never both send one lead, and a job that runs twice (RQ is at-least-once) finds nothing to do.
+A job's leads for one webhook pass the guards together, each guard one statement for all of them.
 The order of the guards matters:
-  1. pauses (429 / 402 / operator) and the workspace rate limit: nothing is claimed or reserved yet;
+  1. pauses (429 / 402 / operator), an open breaker, the hourly cap: nothing is claimed or reserved;
   2. claim the leads (queued → submitting);
-  3. the breaker: refused → deferred (not a failure);
-  4. the budget: refused → deferred (not a failure), the probe slot is given back;
+  3. the breaker admits each request (half-open: at most K probes); refused → deferred (not a failure);
+  4. the budget holds credits for as many leads as it pays for; the rest → deferred (not a failure);
   5. the webhook's lifetime row cap: full → fail over to the next webhook of the workspace;
-  6. send; classify the answer once; record the attempt, health and the breaker; settle or release.
+  6. per request, the workspace's rate-limit token, taken just before the request goes out;
+  7. send; classify the answer once; record the attempt, health and the breaker; settle or release.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import django_rq
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -101,33 +105,27 @@ def choose_webhook(current: Webhook | None) -> Webhook | None:
 
 @dataclass
 class Chunk:
+    """One request: the leads of one webhook that go in one POST (one row, or an array in batch mode)."""
+
     webhook: Webhook
     lead_ids: list[int]
 
 
 def submit_batch(lead_ids: list[int]) -> dict[str, int]:
     """The job body: deliver the queued leads among `lead_ids`; return counts by outcome."""
-    chunks = plan_chunks(lead_ids)
+    groups: dict[int, list[Chunk]] = {}
+    for chunk in plan_chunks(lead_ids):
+        groups.setdefault(chunk.webhook.pk, []).append(chunk)
     totals: dict[str, int] = {}
-    if not chunks:
-        return totals
-    workers = min(settings.CLAYOPS_SEND_CONCURRENCY, len(chunks))
-    if workers <= 1:
-        results = [deliver_chunk(chunk) for chunk in chunks]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clayops-send") as pool:
-            results = list(pool.map(_deliver_in_thread, chunks))
-    for result in results:
-        for key, value in result.items():
-            totals[key] = totals.get(key, 0) + value
+    for chunks in groups.values():
+        _add(totals, deliver_group(chunks))
     return totals
 
 
-def _deliver_in_thread(chunk: Chunk) -> dict[str, int]:
-    try:
-        return deliver_chunk(chunk)
-    finally:
-        connections.close_all()  # this thread's own connections
+def _add(totals: dict[str, int], more: dict[str, int]) -> None:
+    for key, value in more.items():
+        if value:
+            totals[key] = totals.get(key, 0) + value
 
 
 def plan_chunks(lead_ids: Sequence[int]) -> list[Chunk]:
@@ -186,135 +184,356 @@ def _defer_unclaimed(ids: Sequence[int], reason: str, until: datetime | None) ->
     )
 
 
-def deliver_chunk(chunk: Chunk) -> dict[str, int]:
-    webhook = Webhook.objects.select_related("workspace", "workspace__budget").get(pk=chunk.webhook.pk)
+def deliver_group(chunks: list[Chunk]) -> dict[str, int]:
+    """Deliver one job's requests to one webhook. The guards run once for the group, each as one
+    statement for all its leads (claim, breaker admissions, budget hold, row cap); then the
+    requests go out CLAYOPS_SEND_CONCURRENCY at a time, each taking its rate-limit token just
+    before it is sent, and their results are applied in bulk as they come back."""
+    webhook = Webhook.objects.select_related("workspace", "workspace__budget").get(pk=chunks[0].webhook.pk)
     workspace = webhook.workspace
-    ids = chunk.lead_ids
+    ids = [pk for chunk in chunks for pk in chunk.lead_ids]
     n = len(ids)
     now = timezone.now()
 
-    # 1. Pauses and pacing: nothing claimed or reserved yet.
-    if workspace.paused_until and workspace.paused_until > now:
-        return {
-            "deferred": _defer_unclaimed(
-                ids, f"workspace paused: {workspace.pause_reason}", workspace.paused_until
-            )
-        }
-    if webhook.paused_until and webhook.paused_until > now:
-        return {"deferred": _defer_unclaimed(ids, "webhook paused by Clay (429)", webhook.paused_until)}
-    blocked_for = _breaker_blocked_for(breaker.get_breaker(webhook.pk), now=now)
-    if blocked_for is not None:
-        # Cheap pre-check so a backlog spends no rate tokens while the circuit is open; allow()
-        # below stays the authority.
-        until = now + timedelta(seconds=blocked_for) if blocked_for else None
-        return {"deferred": _defer_unclaimed(ids, "circuit open", until)}
+    # 1. Pauses, the breaker (a cheap pre-check, so a backlog costs nothing while the circuit is
+    #    open; allow_many() below stays the authority) and the hourly cap: nothing claimed yet.
+    blocked = _blocked(webhook, now=now)
+    if blocked is not None:
+        return {"deferred": _defer_unclaimed(ids, *blocked)}
     wait = ratelimit.hourly_allow(workspace.pk, cap=workspace.hourly_cap, n=n)
     if wait > 0:
         return {"deferred": _defer_unclaimed(ids, "hourly record cap reached", now + timedelta(seconds=wait))}
-    if not ratelimit.acquire_blocking(
-        workspace.pk,
-        rate=workspace.rate_limit,
-        burst=workspace.burst,
-        n=n,
-        max_wait=settings.CLAYOPS_RATE_WAIT_SECONDS,
-    ):
-        enqueue_leads(ids)  # still queued: try again later
-        return {"rate_wait": n}
 
-    # 2. Claim.
+    # 2. Claim every lead of the group in one UPDATE.
     token = uuid.uuid4().hex
-    now = timezone.now()
     Lead.objects.filter(pk__in=ids, state=S.QUEUED).update(
         state=S.SUBMITTING, claim_token=token, state_changed_at=now, submitted_at=None, webhook=webhook
     )
-    leads = list(Lead.objects.filter(pk__in=ids, state=S.SUBMITTING, claim_token=token).only("pk", "row"))
-    if not leads:
+    rows = dict(
+        Lead.objects.filter(pk__in=ids, state=S.SUBMITTING, claim_token=token).values_list("pk", "row")
+    )
+    chunks = [Chunk(webhook, [pk for pk in c.lead_ids if pk in rows]) for c in chunks]
+    chunks = [c for c in chunks if c.lead_ids]
+    if not chunks:
         return {}
-    ids = [lead.pk for lead in leads]
-
-    # 3. Breaker.
-    admission = breaker.allow(webhook.pk, now=now)
-    if not admission.allowed:
-        until = now + timedelta(seconds=admission.retry_in) if admission.retry_in else None
-        return {
-            "deferred": _set(
-                ids, token, state=S.DEFERRED, defer_reason=f"circuit {admission.state}", next_attempt_at=until
-            )
-        }
-
-    # 4. Budget: one reservation per lead.
-    reservations: dict[int, CreditReservation] = {}
-    refused = []
-    for lead in leads:
-        reservation = budget.reserve(
-            budget=workspace.budget, amount=webhook.credits_per_row, lead=lead, now=now
-        )
-        if reservation is None:
-            refused.append(lead.pk)
-        else:
-            reservations[lead.pk] = reservation
     counts: dict[str, int] = {}
+
+    # 3. Breaker: one admission per request (probes when half-open, at most K in flight).
+    probes, admission = breaker.allow_many(webhook.pk, len(chunks), now=now)
+    refused = [pk for chunk in chunks[len(probes) :] for pk in chunk.lead_ids]
     if refused:
-        counts["deferred"] = _set(
-            refused,
+        until = now + timedelta(seconds=admission.retry_in) if admission.retry_in else None
+        reason = f"circuit {admission.state}"
+        _add(
+            counts,
+            {"deferred": _set(refused, token, state=S.DEFERRED, defer_reason=reason, next_attempt_at=until)},
+        )
+    sends = [_Send(chunk, probe) for chunk, probe in zip(chunks, probes, strict=False)]
+
+    # 4. Budget: one hold for every lead the budget pays for, in order; the rest are deferred.
+    wanted = [pk for send in sends for pk in send.chunk.lead_ids]
+    reservations = budget.reserve_many(
+        budget=workspace.budget, amount=webhook.credits_per_row, lead_ids=wanted, now=now
+    )
+    unfunded = [pk for pk in wanted if pk not in reservations]
+    if unfunded:
+        deferred = _set(
+            unfunded,
             token,
             state=S.DEFERRED,
             defer_reason="daily credit budget exhausted",
             next_attempt_at=None,
         )
-    if not reservations:
-        if admission.probe:
-            breaker.cancel_probe(webhook.pk)
-        return counts
-    leads = [lead for lead in leads if lead.pk in reservations]
-    ids = [lead.pk for lead in leads]
-    n = len(ids)
+        _add(counts, {"deferred": deferred})
+        sends = _trim(webhook, sends, keep=set(reservations))
 
-    # 5. Lifetime row cap of the webhook (Clay: 50,000 submissions per webhook).
-    took = Webhook.objects.filter(pk=webhook.pk, rows_sent__lte=F("row_cap") - n).update(
-        rows_sent=F("rows_sent") + n
-    )
-    if not took:
+    # 5. Lifetime row cap of the webhook (Clay: 50,000 submissions per webhook): take what is left.
+    wanted = [pk for send in sends for pk in send.chunk.lead_ids]
+    took = _take_rows(webhook, len(wanted))
+    if took < len(wanted):
         Webhook.objects.filter(pk=webhook.pk).update(is_full=True)
         AuditEntry.objects.create(
             action="webhook_full",
             target=f"webhook:{webhook.pk} {webhook}",
             detail={"row_cap": webhook.row_cap},
         )
-        _release(reservations)
-        if admission.probe:
-            breaker.cancel_probe(webhook.pk)
-        _set(ids, token, state=S.QUEUED)  # choose_webhook() fails over
-        enqueue_leads(ids)
-        counts["failover"] = n
-        return counts
+        over = wanted[took:]
+        budget.release_many([reservations.pop(pk) for pk in over], now=now)
+        _set(over, token, state=S.QUEUED)  # choose_webhook() fails over
+        enqueue_leads(over)
+        _add(counts, {"failover": len(over)})
+        sends = _trim(webhook, sends, keep=set(wanted[:took]))
 
-    # 6. Send.
-    rows = [{**lead.row, LEAD_ID_FIELD: lead.pk} for lead in leads]
-    body = encode(rows if webhook.batch_size > 1 else rows[0])
-    started = timezone.now()
-    _set(ids, token, submitted_at=started, state_changed_at=now)
-    result = get_client().send(webhook.url, webhook.headers(), body)
-    finished = timezone.now()
-    outcome = apply_result(webhook, ids, token, reservations, admission.probe, result, now=finished)
-    Attempt.objects.bulk_create(
-        [
+    # 6. Send, classify, record.
+    if sends:
+        _add(counts, _Sender(webhook, token, rows, reservations).run(sends))
+    return counts
+
+
+@dataclass
+class _Send:
+    chunk: Chunk
+    probe: bool
+    started: datetime | None = None
+    result: SendResult | None = None
+
+
+def _trim(webhook: Webhook, sends: list[_Send], *, keep: set[int]) -> list[_Send]:
+    """Keep only the leads in `keep`; a request left empty gives its probe slot back."""
+    kept = []
+    for send in sends:
+        send.chunk.lead_ids = [pk for pk in send.chunk.lead_ids if pk in keep]
+        if send.chunk.lead_ids:
+            kept.append(send)
+        elif send.probe:
+            breaker.cancel_probe(webhook.pk)
+    return kept
+
+
+def _take_rows(webhook: Webhook, n: int) -> int:
+    """Count n rows toward the webhook's lifetime cap, or as many as still fit. Returns how many."""
+    for _ in range(5):
+        if n <= 0:
+            return 0
+        if Webhook.objects.filter(pk=webhook.pk, rows_sent__lte=F("row_cap") - n).update(
+            rows_sent=F("rows_sent") + n
+        ):
+            return n
+        sent, cap = Webhook.objects.values_list("rows_sent", "row_cap").get(pk=webhook.pk)
+        n = min(n - 1, max(0, cap - sent))
+    return 0
+
+
+def _blocked(webhook: Webhook, *, now: datetime) -> tuple[str, datetime | None] | None:
+    """Why nothing may go to this webhook now (reason, until), or None. No side effects."""
+    workspace = webhook.workspace
+    if workspace.paused_until and workspace.paused_until > now:
+        return f"workspace paused: {workspace.pause_reason}", workspace.paused_until
+    if webhook.paused_until and webhook.paused_until > now:
+        return "webhook paused by Clay (429)", webhook.paused_until
+    blocked_for = _breaker_blocked_for(breaker.get_breaker(webhook.pk), now=now)
+    if blocked_for is not None:
+        return "circuit open", (now + timedelta(seconds=blocked_for) if blocked_for else None)
+    return None
+
+
+class _Sender:
+    """Sends a group's requests, at most CLAYOPS_SEND_CONCURRENCY in flight, on worker threads that
+    only do HTTP (every database write stays on the job's thread and connection).
+
+    Before each launch it takes the workspace's rate-limit token (so the spacing Clay sees is the
+    spacing of the tokens) and marks the leads as sent (submitted_at: after this, a dead worker's
+    leads are uncertain, not resent blindly). Results are applied in bulk as they arrive. It stops
+    launching when the rate limit cannot be had in time, or when the webhook stops taking rows
+    (breaker no longer closed, a pause, a 404): the requests not sent go back to the queue, where
+    the next job's guards defer or fail them over.
+    """
+
+    RECHECK_SECONDS = 0.5
+
+    def __init__(self, webhook: Webhook, token: str, rows: dict[int, dict], reservations: dict[int, int]):
+        self.webhook = webhook
+        self.workspace = webhook.workspace
+        self.token = token
+        self.rows = rows
+        self.reservations = reservations
+        self.counts: dict[str, int] = {}
+        self.checked = time.monotonic()
+
+    def run(self, sends: list[_Send]) -> dict[str, int]:
+        concurrency = max(1, settings.CLAYOPS_SEND_CONCURRENCY)
+        # Paced (a rate limit is set): one launch per token, so the tokens' spacing is the sends'.
+        per_launch = 1 if self.workspace.rate_limit and self.workspace.rate_limit > 0 else concurrency
+        pending = list(reversed(sends))
+        stop: str | None = None
+        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="clayops-send") if concurrency > 1 else None
+        in_flight: dict[Future, _Send] = {}
+        try:
+            while pending or in_flight:
+                launch: list[_Send] = []
+                while (
+                    stop is None
+                    and pending
+                    and len(launch) < per_launch
+                    and len(in_flight) + len(launch) < concurrency
+                ):
+                    stop = self._may_launch(probe=pending[-1].probe)
+                    if stop is None:
+                        launch.append(pending.pop())
+                if launch:
+                    self._mark_sent(launch)
+                    if pool is None:
+                        for send in launch:
+                            send.result = self._post(send)
+                        self._apply(launch)
+                        if stop is None and any(not send.result.accepted for send in launch):
+                            stop = self._stopped()
+                    else:
+                        for send in launch:
+                            in_flight[pool.submit(self._post, send)] = send
+                if not in_flight:
+                    if stop is not None:
+                        break
+                    continue
+                more = stop is None and pending and len(in_flight) < concurrency
+                done, _ = wait_for(in_flight, timeout=0 if more else None, return_when=FIRST_COMPLETED)
+                finished = []
+                for future in done:
+                    send = in_flight.pop(future)
+                    send.result = future.result()
+                    finished.append(send)
+                self._apply(finished)
+                if stop is None and any(not send.result.accepted for send in finished):
+                    stop = self._stopped()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if pending:
+            self._give_back(pending, stop or "stopped")
+        return self.counts
+
+    def _may_launch(self, *, probe: bool) -> str | None:
+        """None when the next request may go now; else why not (after waiting for a rate token)."""
+        if time.monotonic() - self.checked >= self.RECHECK_SECONDS:
+            reason = self._stopped()
+            if reason is not None and not probe:
+                return reason
+        workspace = self.workspace
+        # The bucket keeps CLAYOPS_RATE_HEADROOM tokens of Clay's burst unused: a request reaches
+        # Clay a little after its token was taken, and network jitter must not turn two requests
+        # spaced exactly at the limit into a burst that Clay's own bucket answers with 429.
+        burst = max(1, workspace.burst - settings.CLAYOPS_RATE_HEADROOM)
+        if not ratelimit.acquire_blocking(  # no Redis call when no rate limit is set
+            workspace.pk,
+            rate=workspace.rate_limit,
+            burst=burst,
+            n=1,
+            max_wait=settings.CLAYOPS_RATE_WAIT_SECONDS,
+        ):
+            return "rate"
+        return None
+
+    def _stopped(self) -> str | None:
+        """Re-read whether the webhook still takes ordinary calls (one query)."""
+        self.checked = time.monotonic()
+        row = (
+            Webhook.objects.filter(pk=self.webhook.pk)
+            .values_list(
+                "is_active", "broken_reason", "paused_until", "workspace__paused_until", "breaker__state"
+            )
+            .first()
+        )
+        if row is None:
+            return "webhook deleted"
+        active, broken, paused, workspace_paused, state = row
+        now = timezone.now()
+        if not active or broken:
+            return "webhook not active"
+        if (paused and paused > now) or (workspace_paused and workspace_paused > now):
+            return "paused"
+        if state not in (None, CircuitBreaker.State.CLOSED):
+            return f"circuit {state}"
+        return None
+
+    def _mark_sent(self, launch: list[_Send]) -> None:
+        now = timezone.now()
+        for send in launch:
+            send.started = now
+        _set(
+            [pk for send in launch for pk in send.chunk.lead_ids],
+            self.token,
+            submitted_at=now,
+            state_changed_at=now,
+        )
+
+    def _post(self, send: _Send) -> SendResult:
+        rows = [{**self.rows[pk], LEAD_ID_FIELD: pk} for pk in send.chunk.lead_ids]
+        body = encode(rows if self.webhook.batch_size > 1 else rows[0])
+        return get_client().send(self.webhook.url, self.webhook.headers(), body)
+
+    def _apply(self, finished: list[_Send]) -> None:
+        """Apply results: the accepted ones in bulk, the others one request at a time."""
+        if not finished:
+            return
+        now = timezone.now()
+        accepted = [send for send in finished if send.result.accepted]
+        outcomes: dict[int, str] = {}
+        if accepted:
+            self._accept(accepted, now=now)
+            for send in accepted:
+                outcomes[id(send)] = Attempt.Outcome.ACCEPTED
+        for send in finished:
+            if send.result.accepted:
+                continue
+            ids = send.chunk.lead_ids
+            held = {pk: self.reservations[pk] for pk in ids if pk in self.reservations}
+            outcomes[id(send)] = apply_result(
+                self.webhook, ids, self.token, held, send.probe, send.result, now=now
+            )
+        Attempt.objects.bulk_create(
             Attempt(
                 lead_id=pk,
-                webhook=webhook,
-                started_at=started,
-                finished_at=finished,
-                status_code=result.status_code,
-                latency_ms=result.latency_ms,
-                error_class=result.error_class or "",
-                error=result.error,
-                outcome=outcome,
+                webhook=self.webhook,
+                started_at=send.started,
+                finished_at=now,
+                status_code=send.result.status_code,
+                latency_ms=send.result.latency_ms,
+                error_class=send.result.error_class or "",
+                error=send.result.error,
+                outcome=outcomes[id(send)],
             )
-            for pk in ids
-        ]
-    )
-    counts[outcome] = counts.get(outcome, 0) + n
-    return counts
+            for send in finished
+            for pk in send.chunk.lead_ids
+        )
+        for send in finished:
+            outcome = outcomes[id(send)]
+            self.counts[outcome] = self.counts.get(outcome, 0) + len(send.chunk.lead_ids)
+
+    def _accept(self, accepted: list[_Send], *, now: datetime) -> None:
+        """Clay took these requests (2xx): one statement per table for all of them."""
+        from .dlq import resolve_for_leads
+
+        hook = self.webhook.pk
+        for send in accepted:
+            if send.probe:
+                breaker.record_success(hook, probe=True, now=now)
+        breaker.record_successes(hook, sum(1 for send in accepted if not send.probe), now=now)
+        latencies = [send.result.latency_ms for send in accepted]
+        health.record(
+            hook,
+            ok=True,
+            latency_ms=sum(latencies) / len(latencies),
+            latency_max_ms=max(latencies),
+            count=len(latencies),
+            at=now,
+        )
+        ids = [pk for send in accepted for pk in send.chunk.lead_ids]
+        budget.settle_many([self.reservations[pk] for pk in ids if pk in self.reservations], now=now)
+        _set(
+            ids,
+            self.token,
+            state=S.ACCEPTED,
+            accepted_at=now,
+            attempt_count=F("attempt_count") + 1,
+            last_error="",
+            error_class="",
+            next_attempt_at=None,
+            defer_reason="",
+        )
+        resolve_for_leads(ids)
+
+    def _give_back(self, pending: list[_Send], reason: str) -> None:
+        """Requests never launched: credits, row-cap slots and probe slots back; leads back to the queue."""
+        ids = [pk for send in pending for pk in send.chunk.lead_ids]
+        budget.release_many([self.reservations[pk] for pk in ids if pk in self.reservations])
+        _unsend(self.webhook, len(ids))
+        for send in pending:
+            if send.probe:
+                breaker.cancel_probe(self.webhook.pk)
+        _set(ids, self.token, state=S.QUEUED, submitted_at=None)
+        enqueue_leads(ids)
+        key = "rate_wait" if reason == "rate" else "requeued"
+        self.counts[key] = self.counts.get(key, 0) + len(ids)
 
 
 def _breaker_blocked_for(row: CircuitBreaker, *, now: datetime) -> float | None:
@@ -328,9 +547,8 @@ def _breaker_blocked_for(row: CircuitBreaker, *, now: datetime) -> float | None:
     return None
 
 
-def _release(reservations: dict[int, CreditReservation]) -> None:
-    for reservation in reservations.values():
-        budget.release(reservation_id=reservation.pk)
+def _release(reservations: dict[int, int]) -> None:
+    budget.release_many(reservations.values())
 
 
 def _unsend(webhook: Webhook, n: int) -> None:
@@ -342,7 +560,7 @@ def apply_result(
     webhook: Webhook,
     ids: list[int],
     token: str,
-    reservations: dict[int, CreditReservation],
+    reservations: dict[int, int],
     probe: bool,
     result: SendResult,
     *,
@@ -379,7 +597,7 @@ def apply_result(
         breaker.record_failure(webhook.pk, probe=probe, reason=result.error[:200], now=now)
         health.record(webhook.pk, ok=False, latency_ms=result.latency_ms, at=now)
         grace = timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS)
-        CreditReservation.objects.filter(pk__in=[r.pk for r in reservations.values()], state="held").update(
+        CreditReservation.objects.filter(pk__in=list(reservations.values()), state="held").update(
             expires_at=now + grace + timedelta(seconds=60)
         )
         _set(

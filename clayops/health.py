@@ -35,14 +35,22 @@ def minute_of(at: datetime) -> datetime:
 
 
 def record(
-    webhook_id: int, *, ok: bool, latency_ms: float, at: datetime | None = None, count: int = 1
+    webhook_id: int,
+    *,
+    ok: bool,
+    latency_ms: float,
+    at: datetime | None = None,
+    count: int = 1,
+    latency_max_ms: float | None = None,
 ) -> None:
+    """Count `count` answers of mean latency `latency_ms` (and the slowest, default the mean)."""
     minute = minute_of(at or timezone.now())
+    peak = latency_ms if latency_max_ms is None else latency_max_ms
     fields = {
         "successes": F("successes") + (count if ok else 0),
         "failures": F("failures") + (0 if ok else count),
         "latency_sum_ms": F("latency_sum_ms") + latency_ms * count,
-        "latency_max_ms": Greatest(F("latency_max_ms"), latency_ms),
+        "latency_max_ms": Greatest(F("latency_max_ms"), peak),
     }
     qs = HealthSample.objects.filter(webhook_id=webhook_id, minute=minute)
     if qs.update(**fields):
@@ -55,7 +63,7 @@ def record(
                 successes=count if ok else 0,
                 failures=0 if ok else count,
                 latency_sum_ms=latency_ms * count,
-                latency_max_ms=latency_ms,
+                latency_max_ms=peak,
             )
     except IntegrityError:  # another worker created this minute's row first
         qs.update(**fields)

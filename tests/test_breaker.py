@@ -315,3 +315,40 @@ def test_it_admits_at_most_the_probe_limit_when_worker_processes_race(shared_web
     assert sorted(probes) == [False] * 6 + [True] * 2  # 8 processes at once: exactly 2 probes
     assert row(shared_webhook).half_open_in_flight == 2
     assert events(shared_webhook) == [(S.CLOSED, S.OPEN), (S.OPEN, S.HALF_OPEN)]  # one transition, one event
+
+
+def test_it_admits_a_whole_job_while_closed_with_one_admission(webhook):
+    probes, admission = breaker.allow_many(webhook.pk, 50, now=T0)
+    assert probes == [False] * 50 and admission.state == S.CLOSED
+
+
+def test_it_admits_at_most_the_probe_limit_of_a_job_when_half_open(webhook):
+    CircuitBreaker.objects.filter(webhook=webhook).update(half_open_max_probes=3)
+    open_breaker(webhook)
+    t = T0 + timedelta(seconds=30)
+    probes, refusal = breaker.allow_many(webhook.pk, 10, now=t)
+    assert probes == [True, True, True]
+    assert (refusal.allowed, refusal.state) == (False, S.HALF_OPEN)
+    assert row(webhook).half_open_in_flight == 3
+    assert breaker.allow_many(webhook.pk, 10, now=t)[0] == []  # another worker gets none
+
+
+def test_it_refuses_a_whole_job_while_open(webhook):
+    open_breaker(webhook)
+    probes, refusal = breaker.allow_many(webhook.pk, 10, now=T0 + timedelta(seconds=5))
+    assert probes == [] and (refusal.state, refusal.retry_in) == (S.OPEN, 25.0)
+
+
+def test_it_counts_a_batch_of_successes_in_the_rate_window_and_resets_failures(webhook):
+    fail(webhook, 4, at=T0)
+    breaker.record_successes(webhook.pk, 3, now=T0)
+    assert row(webhook).consecutive_failures == 0
+    breaker.reset(webhook.pk, now=T0)
+    CircuitBreaker.objects.filter(webhook=webhook).update(failure_threshold=100)  # only the rate opens it
+    breaker.record_successes(webhook.pk, 10, now=T0)  # ten calls, not one
+    fail(webhook, 9, at=T0)
+    assert row(webhook).state == S.CLOSED  # 9 of 19 calls
+    fail(webhook, at=T0)
+    assert row(webhook).state == S.OPEN  # 10 of 20: the minimum of calls was reached by the batch
+    breaker.record_successes(webhook.pk, 5, now=T0)  # stale news from calls admitted while closed
+    assert row(webhook).state == S.OPEN

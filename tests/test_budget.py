@@ -227,3 +227,40 @@ def test_it_reads_the_remaining_credits_without_writing(small):
     svc.reserve(budget=small, amount=D("6.5"), now=NOON)
     assert small.remaining(NOON) == D("13.5")
     assert svc.remaining(small, now=NOON) == D("13.5")
+
+
+def leads(n: int) -> list[int]:
+    from clayops.models import Lead
+
+    return [Lead.objects.create(row={"i": i}, fingerprint=f"bulk-{i}").pk for i in range(n)]
+
+
+def test_it_reserves_a_batch_only_as_far_as_the_budget_goes(small):
+    ids = leads(5)
+    got = svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids, now=NOON)
+    assert list(got) == ids[:3]  # 3 × 6 = 18 ≤ 20; the first leads of the list win
+    assert totals(small) == (D("18"), D("0"))
+    held = CreditReservation.objects.filter(pk__in=got.values())
+    assert {(r.lead_id, r.amount, r.state) for r in held} == {(pk, D("6"), "held") for pk in ids[:3]}
+    assert svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids[3:], now=NOON) == {}
+    assert totals(small) == (D("18"), D("0"))
+
+
+def test_it_settles_and_releases_batches_once_each(small):
+    ids = leads(3)
+    got = list(svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids, now=NOON).values())
+    svc.release(reservation_id=got[0])  # the reaper took one while its request was out
+    assert svc.settle_many(got, now=NOON) == 3  # the reaped one is charged too: Clay took the row
+    assert svc.settle_many(got, now=NOON) == 0  # a job that runs twice
+    assert totals(small) == (D("0"), D("18"))
+    more = list(svc.reserve_many(budget=small, amount=D("1"), lead_ids=ids[:2], now=NOON).values())
+    assert svc.release_many(more) == 2 and svc.release_many(more) == 0
+    assert totals(small) == (D("0"), D("18"))
+    assert set(CreditReservation.objects.filter(pk__in=more).values_list("state", flat=True)) == {"released"}
+
+
+def test_it_alerts_when_a_batch_settlement_crosses_the_alert_share(small):
+    ids = leads(3)
+    got = svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids, now=NOON)
+    svc.settle_many(got.values(), now=NOON)  # 18 of 20 = 90 % ≥ 80 %
+    assert AuditEntry.objects.filter(action="budget_alert").count() == 1

@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 
 from clayops import budget as svc
-from clayops.models import CreditBudget, CreditReservation, CreditUsage
+from clayops.models import CreditBudget, CreditReservation, CreditUsage, Lead
 from tests.conftest import child_env
 
 RACER = """
@@ -40,6 +40,13 @@ def racer(job, ready, go, results):
             r = budget.reserve(budget=b, amount=Decimal(amount))
             if r is not None:
                 won.append(r.pk)
+    elif mode == "reserve_many":  # `attempts` is the batch size here; ids are lead ids
+        for start in range(0, len(ids), attempts):
+            batch = ids[start : start + attempts]
+            got = budget.reserve_many(budget=b, amount=Decimal(amount), lead_ids=batch)
+            won.extend(got.values())
+    elif mode.endswith("_many"):
+        getattr(budget, mode)(ids)
     else:
         for pk in ids:
             if getattr(budget, mode)(reservation_id=pk):
@@ -146,3 +153,41 @@ def test_it_settles_or_releases_each_reservation_exactly_once_across_processes(r
     usage = CreditUsage.objects.get(budget=race_budget)
     assert usage.reserved == Decimal("0")
     assert usage.spent == sum((r.amount for r in held if r.pk in set(settled)), Decimal("0"))
+
+
+def test_it_never_reserves_past_the_limit_with_racing_batch_reservations(race_budget):
+    leads = [Lead.objects.create(row={"i": i}, fingerprint=f"race-{i}") for i in range(80)]
+    ids = [lead.pk for lead in leads]
+    seen = []
+
+    def sample():
+        row = CreditUsage.objects.filter(budget=race_budget).values_list("reserved", "spent").first()
+        if row:
+            seen.append(row[0] + row[1])
+            assert row[0] + row[1] <= Decimal("60")
+
+    # 8 processes, each asking for its 10 leads in batches of 7 (7, then 3): 480 credits wanted, 60 exist.
+    jobs = [("reserve_many", race_budget.pk, 7, "6", ids[i * 10 : (i + 1) * 10]) for i in range(8)]
+    results = race(jobs, on_tick=sample)
+
+    won = [pk for _, result in results for pk in result]
+    assert len(won) == len(set(won)) == 10  # partial batches take exactly what is left
+    usage = CreditUsage.objects.get(budget=race_budget)
+    assert usage.reserved == Decimal("60") and usage.spent == Decimal("0")
+    assert set(CreditReservation.objects.filter(state="held").values_list("pk", flat=True)) == set(won)
+    assert seen and max(seen) <= Decimal("60")
+
+
+def test_it_keeps_the_books_when_batch_settles_race_single_releases(race_budget):
+    held = [svc.reserve(budget=race_budget, amount=Decimal(a)) for a in ["1.5", "2", "6", "0.5"] * 5]
+    ids = [r.pk for r in held]
+    # Four processes settle all twenty in bulk while four release them one by one (the reaper's way).
+    race([("settle_many" if i % 2 else "release", race_budget.pk, 0, "0", ids) for i in range(8)])
+
+    rows = list(CreditReservation.objects.filter(pk__in=ids).values_list("state", "charged", "amount"))
+    assert {state for state, _, _ in rows} <= {"settled", "released"}
+    usage = CreditUsage.objects.get(budget=race_budget)
+    assert usage.reserved == Decimal("0")
+    # Every reservation counted once: spent is exactly what the settled ones were charged.
+    assert usage.spent == sum((charged for state, charged, _ in rows if state == "settled"), Decimal("0"))
+    assert all(charged == amount for state, charged, amount in rows if state == "settled")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -296,3 +298,74 @@ def test_it_recovers_leads_a_dead_worker_left_in_submitting(webhook, settings):
     assert never_sent.state == S.QUEUED
     assert sent.state == S.UNCERTAIN  # may have reached Clay: not resent before the grace period
     assert sent.next_attempt_at > timezone.now()
+
+
+@respx.mock
+def test_it_sends_a_job_concurrently_and_books_every_lead_once(webhook, settings):
+    settings.CLAYOPS_SEND_CONCURRENCY = 8
+    lock, active, peak = threading.Lock(), [0], [0]
+
+    def clay(request):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+        return httpx.Response(200)
+
+    route = respx.post(webhook.url).mock(side_effect=clay)
+    leads = make_leads(webhook, 30)
+
+    assert delivery.submit_batch([lead.pk for lead in leads]) == {"accepted": 30}
+
+    assert route.call_count == 30 and 1 < peak[0] <= 8
+    sent = sorted(json.loads(call.request.content)["clayops_lead_id"] for call in route.calls)
+    assert sent == sorted(lead.pk for lead in leads)  # each lead exactly once
+    assert set(Lead.objects.values_list("state", flat=True)) == {S.ACCEPTED}
+    assert usage(webhook).spent == Decimal("180") and usage(webhook).reserved == 0
+    assert set(CreditReservation.objects.values_list("state", flat=True)) == {"settled"}
+    assert Attempt.objects.filter(outcome="accepted").count() == 30
+    assert HealthSample.objects.get(webhook=webhook).successes == 30
+    webhook.refresh_from_db()
+    assert webhook.rows_sent == 30
+
+
+@respx.mock
+def test_it_stops_sending_the_rest_of_a_job_once_the_breaker_opens(webhook):
+    route = respx.post(webhook.url).mock(return_value=httpx.Response(503))
+    leads = make_leads(webhook, 10)
+    ids = [lead.pk for lead in leads]
+
+    counts = delivery.submit_batch(ids)
+
+    threshold = CircuitBreaker.objects.get(webhook=webhook).failure_threshold
+    assert route.call_count == threshold == 5  # then the circuit opened: no more calls to Clay
+    assert counts == {"retry": 5, "requeued": 5}
+    assert Lead.objects.filter(state=S.RETRY_WAIT).count() == 5
+    assert Lead.objects.filter(state=S.QUEUED, submitted_at__isnull=True).count() == 5
+    assert usage(webhook).reserved == 0 and usage(webhook).spent == 0
+    webhook.refresh_from_db()
+    assert webhook.rows_sent == 0
+    # The requeued leads' next job defers them while the circuit cools down.
+    assert delivery.submit_batch(ids) == {"deferred": 5}
+    assert route.call_count == 5
+
+
+@respx.mock
+def test_it_takes_a_rate_token_for_each_request_just_before_sending(webhook, settings):
+    settings.CLAYOPS_SEND_CONCURRENCY = 8
+    webhook.workspace.rate_limit = 10
+    webhook.workspace.burst = 1
+    webhook.workspace.save()
+    seen = []
+    route = respx.post(webhook.url).mock(
+        side_effect=lambda request: seen.append(time.monotonic()) or httpx.Response(200)
+    )
+    leads = make_leads(webhook, 6)
+
+    assert delivery.submit_batch([lead.pk for lead in leads]) == {"accepted": 6}
+
+    # Eight threads could send all six at once; the bucket (10/s, burst 1) spaces them ~0.1 s apart.
+    assert route.call_count == 6
+    assert seen[-1] - seen[0] >= 0.4
