@@ -5,13 +5,18 @@
     .venv/bin/python bench/bench_guards.py --quick
     .venv/bin/python bench/bench_guards.py --database-url postgres://postgres@127.0.0.1:5432/clayops_bench
 
-One "lead" is what deliver_chunk()/apply_result() do around a successful send, in their order:
-breaker.allow + budget.reserve + breaker.record_success + health.record + budget.settle, all
-against one budget, one webhook and one breaker (the hot rows every worker shares). Each process
-(a child of this script, its own Django and connections) warms up, waits for a common start time,
-then times every lead with perf_counter. Reported: per-lead latency p50/p95 over all processes,
-the mean time of each guard call, and the total throughput (leads / wall time of the slowest).
-Target: p50 < 2 ms per lead (also reported: p95).
+Two modes:
+- per-job (the default; what delivery does since the per-job rework): one job of --batch leads
+  (50, CLAYOPS_BATCH_SIZE) to one webhook passes breaker.allow_many + budget.reserve_many, then
+  breaker.record_successes + health.record(count) + budget.settle_many, each once for the job.
+  The per-lead figure is the job's time divided by its leads.
+- per-lead (the old path, kept for the before/after comparison): breaker.allow + budget.reserve +
+  breaker.record_success + health.record + budget.settle for every lead.
+All against one budget, one webhook and one breaker (the hot rows every worker shares). Each
+process (a child of this script, its own Django and connections) warms up, waits for a common
+start time, then times every unit with perf_counter. Reported: per-lead latency p50/p95 over all
+processes, the mean time of each guard call per lead, and the total throughput (leads / wall time
+of the slowest). Target: p50 < 2 ms per lead (also reported: p95).
 
 Exit status 0 unless the run is broken (a child failed, or the budget's books do not add up).
 """
@@ -39,12 +44,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--processes", default="1,2,4")
     p.add_argument("--database-url", default="", help="default: $DATABASE_URL, else SQLite in a temp dir")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--mode", default="per-job", choices=["per-job", "per-lead"])
+    p.add_argument("--batch", type=int, default=50, help="per-job: leads per job (default 50)")
     # child mode
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--webhook", type=int, help=argparse.SUPPRESS)
     p.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--lead-ids", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.leads = args.leads or (300 if args.quick else 2_000)
     return args
@@ -87,21 +95,55 @@ def child(args: argparse.Namespace) -> None:
             for op, x, y in zip(OPS, (a, b, c, d, e), (b, c, d, e, f), strict=True):
                 sums[op] += (y - x) * 1000
 
-    for _ in range(30):  # warm-up: connections, statements, Lua script load
-        one(False)
+    lead_ids = [int(x) for x in args.lead_ids.split(",") if x]
+
+    def job(timed: bool) -> None:
+        t = time.perf_counter
+        n = len(lead_ids)
+        a = t()
+        now = timezone.now()
+        probes, _ = breaker.allow_many(args.webhook, n, now=now)
+        b = t()
+        held = budget.reserve_many(budget=credit_budget, amount=amount, lead_ids=lead_ids, now=now)
+        c = t()
+        if len(probes) != n or len(held) != n:
+            raise SystemExit(f"refused: {len(probes)} admitted, {len(held)} held of {n}")
+        breaker.record_successes(args.webhook, n, now=now)
+        d = t()
+        health.record(args.webhook, ok=True, latency_ms=50.0, latency_max_ms=60.0, count=n, at=now)
+        e = t()
+        budget.settle_many(held.values(), now=now)
+        f = t()
+        if timed:
+            latencies.append((f - a) * 1000 / n)
+            for op, x, y in zip(OPS, (a, b, c, d, e), (b, c, d, e, f), strict=True):
+                sums[op] += (y - x) * 1000
+
+    unit, per_unit = (job, len(lead_ids)) if args.mode == "per-job" else (one, 1)
+    for _ in range(max(2, 30 // per_unit)):  # warm-up: connections, statements, Lua script load
+        unit(False)
     delay = args.start_at - time.time()
     if delay > 0:
         time.sleep(delay)
     started = time.time()
-    for _ in range(args.leads):
-        one(True)
+    for _ in range(max(1, args.leads // per_unit)):
+        unit(True)
     finished = time.time()
     Path(args.out).write_text(
-        json.dumps({"latencies": latencies, "sums": sums, "started": started, "finished": finished})
+        json.dumps(
+            {
+                "latencies": latencies,
+                "sums": sums,
+                "started": started,
+                "finished": finished,
+                "leads": len(latencies) * per_unit,
+                "warmup_leads": max(2, 30 // per_unit) * per_unit,
+            }
+        )
     )
 
 
-def run_level(bench: Bench, args, processes: int, webhook_id: int, budget_id: int) -> dict:
+def run_level(bench: Bench, args, processes: int, webhook_id: int, budget_id: int, lead_ids: str) -> dict:
     start_at = time.time() + 4 + processes  # Django start-up of every child happens before
     outs = [bench.tmp / f"guards-{processes}-{k}.json" for k in range(processes)]
     procs = [
@@ -120,6 +162,10 @@ def run_level(bench: Bench, args, processes: int, webhook_id: int, budget_id: in
                 str(start_at),
                 "--out",
                 str(out),
+                "--mode",
+                args.mode,
+                "--lead-ids",
+                lead_ids,
             ],
             log_name=f"guards-{processes}-{k}.log",
         )
@@ -137,17 +183,19 @@ def run_level(bench: Bench, args, processes: int, webhook_id: int, budget_id: in
             raise BrokenRun(f"a guards child exited with {proc.returncode}:\n{tail}")
     results = [json.loads(out.read_text()) for out in outs]
     lat = [x for r in results for x in r["latencies"]]
+    leads = sum(r["leads"] for r in results)
     wall = max(r["finished"] for r in results) - min(r["started"] for r in results)
     late = max(r["started"] for r in results) - min(r["started"] for r in results)
-    sums = {op: sum(r["sums"][op] for r in results) / len(lat) for op in OPS}
+    sums = {op: sum(r["sums"][op] for r in results) / leads for op in OPS}
     return {
         "processes": processes,
-        "leads": len(lat),
+        "leads": leads,
+        "warmup_leads": sum(r["warmup_leads"] for r in results),
         "p50": percentile(lat, 50),
         "p95": percentile(lat, 95),
         "p99": percentile(lat, 99),
         "mean": sum(lat) / len(lat),
-        "throughput": len(lat) / wall,
+        "throughput": leads / wall,
         "start_skew": late,
         "ops": sums,
     }
@@ -164,7 +212,7 @@ def main() -> int:
             from decimal import Decimal
 
             from clayops import breaker
-            from clayops.models import CreditBudget, CreditUsage, Webhook, Workspace
+            from clayops.models import CreditBudget, CreditUsage, Lead, Webhook, Workspace
 
             db = bench.db_description()
             print(f"machine: {machine()}; database {db}")
@@ -172,9 +220,15 @@ def main() -> int:
             workspace = Workspace.objects.create(name="guards", budget=credit_budget, rate_limit=0)
             webhook = Webhook.objects.create(workspace=workspace, name="guards", url="http://127.0.0.1:9/x")
             breaker.get_breaker(webhook.pk)
+            batch = args.batch if args.mode == "per-job" else 0
+            lead_ids = ",".join(
+                str(Lead.objects.create(row={"i": i}, fingerprint=f"guards-{i}", webhook=webhook).pk)
+                for i in range(batch)
+            )
+            print(f"mode {args.mode}" + (f", {batch} leads per job" if batch else ""), flush=True)
             rows = []
             for processes in [int(x) for x in args.processes.split(",")]:
-                r = run_level(bench, args, processes, webhook.pk, credit_budget.pk)
+                r = run_level(bench, args, processes, webhook.pk, credit_budget.pk, lead_ids)
                 rows.append(r)
                 ops = ", ".join(f"{op} {ms:.3f}" for op, ms in r["ops"].items())
                 print(
@@ -184,7 +238,7 @@ def main() -> int:
                     flush=True,
                 )
             usage = CreditUsage.objects.get(budget=credit_budget)
-            expected = sum((r["leads"] + 30 * r["processes"]) for r in rows) * 6
+            expected = sum((r["leads"] + r["warmup_leads"]) for r in rows) * 6
             if usage.reserved != 0 or usage.spent != expected:
                 raise BrokenRun(
                     f"budget books wrong: reserved {usage.reserved}, spent {usage.spent} != {expected}"
@@ -203,7 +257,8 @@ def main() -> int:
                 for r in rows
             )
             print(
-                f"SUMMARY bench=guards db={db.split()[0].lower()} leads_per_process={args.leads} {per} "
+                f"SUMMARY bench=guards mode={args.mode} db={db.split()[0].lower()} "
+                f"leads_per_process={args.leads} {per} "
                 f"target_2ms={'met' if met else 'missed'}"
             )
     except BrokenRun as exc:

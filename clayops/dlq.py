@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Greatest
@@ -23,6 +24,19 @@ from .models import AuditEntry, DeadLetter, Lead, Webhook
 
 D = DeadLetter.State
 OPEN_STATES = (D.PENDING, D.EXHAUSTED)  # entries an operator can still retry or discard
+GENERATION_KEY = "clayops:dlq:generation"
+
+
+def changed() -> None:
+    """Entries changed: the dashboard's cached DLQ counts (selectors) of this process are stale now.
+
+    The cache is per process: counts changed by a worker show within selectors.DLQ_CACHE_SECONDS;
+    an operator's own action in the web process shows at once.
+    """
+    try:
+        cache.incr(GENERATION_KEY)
+    except ValueError:  # not set yet (or evicted)
+        cache.set(GENERATION_KEY, 1, None)
 
 
 def record_dead(
@@ -63,14 +77,19 @@ def record_dead(
                 entry.state, entry.next_retry_at = D.PENDING, None
             entry.save()
             written += 1
+    if written:
+        changed()
     return written
 
 
 def resolve_for_leads(lead_ids: Sequence[int], *, states: Sequence[str] = (D.RETRYING,)) -> int:
     """Clay took these leads: their entries (by default those being retried) are resolved."""
-    return DeadLetter.objects.filter(lead_id__in=lead_ids, state__in=states).update(
+    resolved = DeadLetter.objects.filter(lead_id__in=lead_ids, state__in=states).update(
         state=D.RESOLVED, next_retry_at=None, updated_at=timezone.now()
     )
+    if resolved:
+        changed()
+    return resolved
 
 
 def _resubmit(entry_ids: Sequence[int], *, states: Sequence[str]) -> list[int]:
@@ -93,6 +112,7 @@ def _resubmit(entry_ids: Sequence[int], *, states: Sequence[str]) -> list[int]:
         Lead.objects.filter(pk__in=moved, state=Lead.State.DEAD).update(
             state=Lead.State.QUEUED, state_changed_at=now, next_attempt_at=None, attempt_count=0
         )
+    changed()
     if moved:
         enqueue_leads(moved)
     return moved
@@ -124,6 +144,7 @@ def discard_entries(*, entry_ids: Sequence[int], by=None) -> int:
         Lead.objects.filter(pk__in=[lead_id for _, lead_id in entries], state=Lead.State.DEAD).update(
             state=Lead.State.DISCARDED, state_changed_at=now
         )
+    changed()
     AuditEntry.objects.create(
         user=by,
         action="dlq_discard",
@@ -184,6 +205,7 @@ def drain(
     count = qs.update(
         next_retry_at=now, max_retries=Greatest(F("max_retries"), F("retry_count") + 1), updated_at=now
     )
+    changed()
     AuditEntry.objects.create(
         user=by,
         action="dlq_drain",

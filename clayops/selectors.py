@@ -4,7 +4,9 @@ Tables are paginated by keyset (the id, or (created_at, id) for the DLQ) and fet
 to know whether there is a next page: no COUNT(*) of a million-row table on a page view or a poll.
 The few totals shown (queue depths, DLQ groups) are GROUP BY queries over a covering index
 (`lead_webhook_state`, `dlq_state_class`); the overview's depths are cached for DEPTHS_CACHE_SECONDS
-because the page polls every few seconds.
+because the page polls every few seconds, and the DLQ's groups and state counts for
+DLQ_CACHE_SECONDS under a generation number that every DLQ change in this process bumps (so an
+operator's retry or discard shows at once; entries written by workers show within the TTL).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .models import (
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 DEPTHS_CACHE_SECONDS = 3
+DLQ_CACHE_SECONDS = 5
 RECENT_EVENTS = 5
 BURN_WINDOW_MINUTES = 15
 FIRST_ERRORS = 10
@@ -558,16 +561,34 @@ def dlq_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PA
     return _keyset_by_time(qs, field="created_at", cursor=cursor, size=size)
 
 
+def _dlq_cached(name: str, parts: dict, compute):
+    """compute(), cached for DLQ_CACHE_SECONDS under the DLQ's generation (see dlq.changed)."""
+    from .dlq import GENERATION_KEY
+
+    digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = f"clayops:dlq:{name}:{cache.get(GENERATION_KEY, 0)}:{digest}"
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, DLQ_CACHE_SECONDS)
+    return value
+
+
 def dlq_groups(*, filters: dict) -> list[dict]:
     """Counts by error class for the current filters (except the error class itself), largest first."""
-    rows = (
-        _dlq_filtered(filters, with_class=False)
-        .order_by()
-        .values("error_class")
-        .annotate(n=Count("pk"))
-        .order_by("-n", "error_class")
-    )
-    return [{"error_class": row["error_class"], "count": row["n"]} for row in rows]
+    parts = {k: filters.get(k) for k in ("state", "webhook", "since", "until")}
+
+    def compute() -> list[dict]:
+        rows = (
+            _dlq_filtered(filters, with_class=False)
+            .order_by()
+            .values("error_class")
+            .annotate(n=Count("pk"))
+            .order_by("-n", "error_class")
+        )
+        return [{"error_class": row["error_class"], "count": row["n"]} for row in rows]
+
+    return _dlq_cached("groups", parts, compute)
 
 
 def dlq_error_classes() -> list[str]:
@@ -583,14 +604,18 @@ def dlq_error_classes() -> list[str]:
 def dlq_state_counts() -> list[tuple[str, int]]:
     """Entries per unfinished state (pending, exhausted, retrying): range scans of the state index."""
     open_states = [DeadLetter.State.PENDING, DeadLetter.State.EXHAUSTED, DeadLetter.State.RETRYING]
-    rows = dict(
-        DeadLetter.objects.filter(state__in=open_states)
-        .order_by()
-        .values_list("state")
-        .annotate(n=Count("pk"))
-        .values_list("state", "n")
-    )
-    return [(state, rows.get(state, 0)) for state in open_states]
+
+    def compute() -> list[tuple[str, int]]:
+        rows = dict(
+            DeadLetter.objects.filter(state__in=open_states)
+            .order_by()
+            .values_list("state")
+            .annotate(n=Count("pk"))
+            .values_list("state", "n")
+        )
+        return [(state, rows.get(state, 0)) for state in open_states]
+
+    return _dlq_cached("states", {}, compute)
 
 
 @dataclass

@@ -23,6 +23,15 @@ def _flush_redis():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Each test starts with an empty cache: cached counts of one test's rows never show in the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """Environment for a process a test starts (worker, racer): same test database and Redis."""
     from django.conf import settings

@@ -237,3 +237,15 @@ def test_it_keeps_an_error_class_newer_than_the_cached_list(client, operator, we
 def test_it_renders_the_overview_without_webhooks(client, viewer):
     client.force_login(viewer)
     assert "No webhooks yet" in client.get(reverse("dashboard:overview")).content.decode()
+
+
+def test_it_shows_new_counts_right_after_an_operators_action(client, url, operator, webhook):
+    a = dead(webhook, 1)
+    dead(webhook, 2)
+    client.force_login(operator)
+    assert "<span>server_error</span> <strong>2</strong>" in client.get(url).content.decode()  # now cached
+
+    client.post(reverse("dashboard:dlq_retry"), {"ids": [a.pk]}, **HX)
+
+    html = client.get(url).content.decode()
+    assert "<span>server_error</span> <strong>1</strong>" in html and "pending 1</a>" in html
