@@ -339,6 +339,11 @@ class _Sender:
         self.reservations = reservations
         self.counts: dict[str, int] = {}
         self.checked = time.monotonic()
+        # Leads claimed but not yet sent must be launched well before the stuck-lead reaper
+        # (CLAYOPS_STUCK_SUBMITTING_SECONDS) or the reservation reaper (its TTL) would take them
+        # back; past half of the shorter one, the rest go back to the queue.
+        window = min(settings.CLAYOPS_STUCK_SUBMITTING_SECONDS, settings.CLAYOPS_RESERVATION_TTL_SECONDS)
+        self.deadline = time.monotonic() + window / 2
 
     def run(self, sends: list[_Send]) -> dict[str, int]:
         concurrency = max(1, settings.CLAYOPS_SEND_CONCURRENCY)
@@ -361,7 +366,7 @@ class _Sender:
                     if stop is None:
                         launch.append(pending.pop())
                 if launch:
-                    self._mark_sent(launch)
+                    launch = self._mark_sent(launch)
                     if pool is None:
                         for send in launch:
                             send.result = self._post(send)
@@ -398,6 +403,9 @@ class _Sender:
             reason = self._stopped()
             if reason is not None and not probe:
                 return reason
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return "rate"
         workspace = self.workspace
         # The bucket keeps CLAYOPS_RATE_HEADROOM tokens of Clay's burst unused: a request reaches
         # Clay a little after its token was taken, and network jitter must not turn two requests
@@ -408,7 +416,7 @@ class _Sender:
             rate=workspace.rate_limit,
             burst=burst,
             n=1,
-            max_wait=settings.CLAYOPS_RATE_WAIT_SECONDS,
+            max_wait=min(settings.CLAYOPS_RATE_WAIT_SECONDS, left),
         ):
             return "rate"
         return None
@@ -435,16 +443,24 @@ class _Sender:
             return f"circuit {state}"
         return None
 
-    def _mark_sent(self, launch: list[_Send]) -> None:
+    def _mark_sent(self, launch: list[_Send]) -> list[_Send]:
+        """Mark the leads as sent, by claim token; returns the requests still ours to send.
+
+        A lead the stuck-lead reaper took back (the job was slower than it allows) is no longer ours:
+        it is dropped from its request here, so it can never be sent twice.
+        """
         now = timezone.now()
+        ids = [pk for send in launch for pk in send.chunk.lead_ids]
+        if _set(ids, self.token, submitted_at=now, state_changed_at=now) < len(ids):
+            ours = set(
+                Lead.objects.filter(pk__in=ids, state=S.SUBMITTING, claim_token=self.token).values_list(
+                    "pk", flat=True
+                )
+            )
+            launch = _trim(self.webhook, launch, keep=ours)
         for send in launch:
             send.started = now
-        _set(
-            [pk for send in launch for pk in send.chunk.lead_ids],
-            self.token,
-            submitted_at=now,
-            state_changed_at=now,
-        )
+        return launch
 
     def _post(self, send: _Send) -> SendResult:
         rows = [{**self.rows[pk], LEAD_ID_FIELD: pk} for pk in send.chunk.lead_ids]
@@ -509,17 +525,20 @@ class _Sender:
         )
         ids = [pk for send in accepted for pk in send.chunk.lead_ids]
         budget.settle_many([self.reservations[pk] for pk in ids if pk in self.reservations], now=now)
-        _set(
-            ids,
-            self.token,
-            state=S.ACCEPTED,
-            accepted_at=now,
-            attempt_count=F("attempt_count") + 1,
-            last_error="",
-            error_class="",
-            next_attempt_at=None,
-            defer_reason="",
-        )
+        fields = {
+            "state": S.ACCEPTED,
+            "state_changed_at": now,
+            "accepted_at": now,
+            "attempt_count": F("attempt_count") + 1,
+            "last_error": "",
+            "error_class": "",
+            "next_attempt_at": None,
+            "defer_reason": "",
+        }
+        if _set(ids, self.token, **fields) < len(ids):
+            # The stuck-lead reaper marked some uncertain while the request was out (a slow job):
+            # the 2xx settles it, so they are not resent after the grace period.
+            Lead.objects.filter(pk__in=ids, state=S.UNCERTAIN, claim_token=self.token).update(**fields)
         resolve_for_leads(ids)
 
     def _give_back(self, pending: list[_Send], reason: str) -> None:

@@ -369,3 +369,25 @@ def test_it_takes_a_rate_token_for_each_request_just_before_sending(webhook, set
     # Eight threads could send all six at once; the bucket (10/s, burst 1) spaces them ~0.1 s apart.
     assert route.call_count == 6
     assert seen[-1] - seen[0] >= 0.4
+
+
+@respx.mock
+def test_it_never_sends_leads_the_stuck_lead_reaper_took_back_while_the_job_was_slow(webhook):
+    leads = make_leads(webhook, 4)
+    later = timezone.now() + timedelta(hours=1)
+
+    def clay(request):
+        # The job is so slow that the maintenance tick (an hour later) takes its leads back.
+        delivery.recover_stuck(now=later)
+        return httpx.Response(200)
+
+    route = respx.post(webhook.url).mock(side_effect=clay)
+
+    counts = delivery.submit_batch([lead.pk for lead in leads])
+
+    assert route.call_count == 1 and counts == {"accepted": 1}
+    sent = json.loads(route.calls.last.request.content)["clayops_lead_id"]
+    states = dict(Lead.objects.values_list("pk", "state"))
+    assert states.pop(sent) == S.ACCEPTED  # the 2xx wins over the reaper's "uncertain": never resent
+    assert set(states.values()) == {S.QUEUED}  # never sent; queued again for a new job
+    assert usage(webhook).reserved == 0 and usage(webhook).spent == Decimal("6")
