@@ -638,7 +638,8 @@ def apply_result(
         # Not a failure of Clay: pause the whole workspace's webhooks for Retry-After, for every worker.
         if probe:
             breaker.cancel_probe(webhook.pk)
-        until = now + timedelta(seconds=max(1.0, result.retry_after or 5.0))
+        wait = 5.0 if result.retry_after is None else result.retry_after  # "Retry-After: 0" is 0, not 5
+        until = now + timedelta(seconds=max(1.0, wait))
         for hook_id in Webhook.objects.filter(workspace_id=webhook.workspace_id).values_list("pk", flat=True):
             retry.pause_webhook(hook_id, until=until, reason="429 Too Many Requests")
         _set(

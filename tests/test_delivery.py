@@ -156,6 +156,19 @@ def test_it_pauses_every_webhook_of_the_workspace_on_429_retry_after(webhook):
     assert respx.calls.call_count == 1
 
 
+@pytest.mark.parametrize(("header", "low", "high"), [("0", 0.5, 1.5), ("soon", 4, 6)])
+@respx.mock
+def test_it_pauses_one_second_for_retry_after_zero_and_five_for_garbage(webhook, header, low, high):
+    respx.post(webhook.url).mock(return_value=httpx.Response(429, headers={"Retry-After": header}))
+    (lead,) = make_leads(webhook)
+    before = timezone.now()
+
+    delivery.submit_batch([lead.pk])
+
+    webhook.refresh_from_db()
+    assert before + timedelta(seconds=low) < webhook.paused_until < before + timedelta(seconds=high)
+
+
 @respx.mock
 def test_it_keeps_an_uncertain_send_until_the_grace_period_passes(webhook, settings):
     respx.post(webhook.url).mock(side_effect=httpx.ReadTimeout("no answer"))
