@@ -10,7 +10,7 @@
 Scenarios
 - capacity: the simulator answers after a fixed latency (default 50 ms) with no rate limit; the
   workspace has rate_limit=0. For each worker count (1, 2, 4) and each worker setting
-  (CLAYOPS_SEND_CONCURRENCY x CLAYOPS_BATCH_SIZE, default "8x50,16x50") N leads are created
+  (CLAYOPS_SEND_CONCURRENCY x CLAYOPS_BATCH_SIZE, default "16x50,8x50"; 16x50 is the default setting) N leads are created
   `queued`, the workers are started and registered, then the submission jobs are enqueued; the
   clock runs from the first enqueue to the last `accepted_at` in the database. Baseline, measured
   in the same run against the same simulator: a plain sequential loop posting the same kind of rows
@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--settings",
         default=None,
-        help="capacity: CONCURRENCYxBATCH pairs for the workers (default 8x50,16x50; --quick 8x50)",
+        help="capacity: CONCURRENCYxBATCH pairs for the workers (default 16x50,8x50; --quick 16x50)",
     )
     p.add_argument("--webhook-batch", type=int, default=1, help="rows per request (Webhook.batch_size, 1-10)")
     p.add_argument("--latency-ms", type=float, default=50)
@@ -70,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = p.parse_args()
     args.leads = args.leads or (2_000 if args.quick else 20_000)
-    args.settings = args.settings or ("8x50" if args.quick else "8x50,16x50")
+    args.settings = args.settings or ("16x50" if args.quick else "16x50,8x50")
     args.baseline_rows = args.baseline_rows or (100 if args.quick else 300)
     args.duration = args.duration or (30.0 if args.quick else 300.0)
     return args

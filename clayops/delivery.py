@@ -346,56 +346,69 @@ class _Sender:
         self.deadline = time.monotonic() + window / 2
 
     def run(self, sends: list[_Send]) -> dict[str, int]:
-        concurrency = max(1, settings.CLAYOPS_SEND_CONCURRENCY)
+        self.concurrency = max(1, settings.CLAYOPS_SEND_CONCURRENCY)
         # Paced (a rate limit is set): one launch per token, so the tokens' spacing is the sends'.
-        per_launch = 1 if self.workspace.rate_limit and self.workspace.rate_limit > 0 else concurrency
-        pending = list(reversed(sends))
-        stop: str | None = None
-        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="clayops-send") if concurrency > 1 else None
-        in_flight: dict[Future, _Send] = {}
-        try:
-            while pending or in_flight:
-                launch: list[_Send] = []
-                while (
-                    stop is None
-                    and pending
-                    and len(launch) < per_launch
-                    and len(in_flight) + len(launch) < concurrency
-                ):
-                    stop = self._may_launch(probe=pending[-1].probe)
-                    if stop is None:
-                        launch.append(pending.pop())
-                if launch:
-                    launch = self._mark_sent(launch)
-                    if pool is None:
-                        for send in launch:
-                            send.result = self._post(send)
-                        self._apply(launch)
-                        if stop is None and any(not send.result.accepted for send in launch):
-                            stop = self._stopped()
-                    else:
-                        for send in launch:
-                            in_flight[pool.submit(self._post, send)] = send
-                if not in_flight:
-                    if stop is not None:
-                        break
-                    continue
-                more = stop is None and pending and len(in_flight) < concurrency
-                done, _ = wait_for(in_flight, timeout=0 if more else None, return_when=FIRST_COMPLETED)
-                finished = []
-                for future in done:
-                    send = in_flight.pop(future)
-                    send.result = future.result()
-                    finished.append(send)
-                self._apply(finished)
-                if stop is None and any(not send.result.accepted for send in finished):
-                    stop = self._stopped()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-        if pending:
-            self._give_back(pending, stop or "stopped")
+        paced = self.workspace.rate_limit and self.workspace.rate_limit > 0
+        self.per_launch = 1 if paced else self.concurrency
+        self.pending = list(reversed(sends))
+        self.stop: str | None = None
+        self.in_flight: dict[Future, _Send] = {}
+        if self.concurrency == 1:
+            self._run_inline()
+        else:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="clayops-send") as pool:
+                self._run_pooled(pool)
+        if self.pending:
+            self._give_back(self.pending, self.stop or "stopped")
         return self.counts
+
+    def _next_launch(self) -> list[_Send]:
+        """The requests that may go now (each having taken its rate token), marked as sent."""
+        launch: list[_Send] = []
+        while (
+            self.stop is None
+            and self.pending
+            and len(launch) < self.per_launch
+            and len(self.in_flight) + len(launch) < self.concurrency
+        ):
+            self.stop = self._may_launch(probe=self.pending[-1].probe)
+            if self.stop is None:
+                launch.append(self.pending.pop())
+        return self._mark_sent(launch) if launch else []
+
+    def _finish(self, finished: list[_Send]) -> None:
+        self._apply(finished)
+        if self.stop is None and any(not send.result.accepted for send in finished):
+            self.stop = self._stopped()
+
+    def _run_inline(self) -> None:
+        while self.pending and self.stop is None:
+            launch = self._next_launch()
+            for send in launch:
+                send.result = self._post(send)
+            self._finish(launch)
+
+    def _run_pooled(self, pool: ThreadPoolExecutor) -> None:
+        def top_up() -> None:
+            for send in self._next_launch():
+                self.in_flight[pool.submit(self._post, send)] = send
+
+        while True:
+            top_up()
+            if not self.in_flight:
+                if self.stop is not None or not self.pending:
+                    return
+                continue
+            more = self.stop is None and self.pending and len(self.in_flight) < self.concurrency
+            done, _ = wait_for(self.in_flight, timeout=0 if more else None, return_when=FIRST_COMPLETED)
+            finished = []
+            for future in done:
+                send = self.in_flight.pop(future)
+                send.result = future.result()
+                finished.append(send)
+            if all(send.result.accepted for send in finished):
+                top_up()  # all went well: the next requests go out while this batch is written
+            self._finish(finished)
 
     def _may_launch(self, *, probe: bool) -> str | None:
         """None when the next request may go now; else why not (after waiting for a rate token)."""
@@ -468,9 +481,15 @@ class _Sender:
         return get_client().send(self.webhook.url, self.webhook.headers(), body)
 
     def _apply(self, finished: list[_Send]) -> None:
-        """Apply results: the accepted ones in bulk, the others one request at a time."""
+        """Apply results: the accepted ones in bulk, the others one request at a time, all in one
+        transaction (one commit, so one WAL flush on PostgreSQL, for the whole batch). If it fails,
+        the leads stay `submitting` with submitted_at set: the stuck-lead reaper makes them uncertain."""
         if not finished:
             return
+        with transaction.atomic():
+            self._apply_now(finished)
+
+    def _apply_now(self, finished: list[_Send]) -> None:
         now = timezone.now()
         accepted = [send for send in finished if send.result.accepted]
         outcomes: dict[int, str] = {}

@@ -231,7 +231,7 @@ CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
 # Rate of resubmission for drains (DLQ and offline queue), leads per second.
 CLAYOPS_DRAIN_RATE = envfloat("CLAYOPS_DRAIN_RATE", 5.0)
 # Leads one submission job sends at once (threads sharing the worker's connection pool).
-CLAYOPS_SEND_CONCURRENCY = envint("CLAYOPS_SEND_CONCURRENCY", 8)
+CLAYOPS_SEND_CONCURRENCY = envint("CLAYOPS_SEND_CONCURRENCY", 16)
 # Transient failures (5xx, timeouts, connection errors) before a lead goes to the DLQ.
 CLAYOPS_MAX_ATTEMPTS = envint("CLAYOPS_MAX_ATTEMPTS", 5)
 # Backoff between attempts: full jitter over base * 2^(attempt-1), capped.
