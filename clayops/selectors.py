@@ -300,7 +300,7 @@ def queue_depths(*, webhook_ids: list[int], use_cache: bool = True) -> dict[int,
             Lead.objects.filter(webhook_id__in=webhook_ids)
             .order_by()
             .values_list("webhook_id", "state")
-            .annotate(n=Count("pk"))
+            .annotate(n=Count("*"))
         )
         for webhook_id, state, n in rows:
             depths[webhook_id][state] = n
@@ -583,7 +583,7 @@ def dlq_groups(*, filters: dict) -> list[dict]:
             _dlq_filtered(filters, with_class=False)
             .order_by()
             .values("error_class")
-            .annotate(n=Count("pk"))
+            .annotate(n=Count("*"))
             .order_by("-n", "error_class")
         )
         return [{"error_class": row["error_class"], "count": row["n"]} for row in rows]
@@ -610,7 +610,7 @@ def dlq_state_counts() -> list[tuple[str, int]]:
             DeadLetter.objects.filter(state__in=open_states)
             .order_by()
             .values_list("state")
-            .annotate(n=Count("pk"))
+            .annotate(n=Count("*"))
             .values_list("state", "n")
         )
         return [(state, rows.get(state, 0)) for state in open_states]
