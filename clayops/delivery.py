@@ -251,15 +251,19 @@ def deliver_group(chunks: list[Chunk]) -> dict[str, int]:
     wanted = [pk for send in sends for pk in send.chunk.lead_ids]
     took = _take_rows(webhook, len(wanted))
     if took < len(wanted):
-        Webhook.objects.filter(pk=webhook.pk).update(is_full=True)
-        AuditEntry.objects.create(
-            action="webhook_full",
-            target=f"webhook:{webhook.pk} {webhook}",
-            detail={"row_cap": webhook.row_cap},
-        )
+        # Full (or, rarely, lost five races for the counter): either way these leads go back to
+        # the queue; only a webhook really at its cap is marked full, so choose_webhook() fails over.
+        if Webhook.objects.filter(pk=webhook.pk, is_full=False, rows_sent__gte=F("row_cap")).update(
+            is_full=True
+        ):
+            AuditEntry.objects.create(
+                action="webhook_full",
+                target=f"webhook:{webhook.pk} {webhook}",
+                detail={"row_cap": webhook.row_cap},
+            )
         over = wanted[took:]
         budget.release_many([reservations.pop(pk) for pk in over], now=now)
-        _set(over, token, state=S.QUEUED)  # choose_webhook() fails over
+        _set(over, token, state=S.QUEUED)
         enqueue_leads(over)
         _add(counts, {"failover": len(over)})
         sends = _trim(webhook, sends, keep=set(wanted[:took]))

@@ -16,6 +16,7 @@ from django.utils import timezone
 from clayops import breaker, budget, delivery
 from clayops.models import (
     Attempt,
+    AuditEntry,
     CircuitBreaker,
     CreditReservation,
     DeadLetter,
@@ -404,3 +405,23 @@ def test_it_never_sends_leads_the_stuck_lead_reaper_took_back_while_the_job_was_
     assert states.pop(sent) == S.ACCEPTED  # the 2xx wins over the reaper's "uncertain": never resent
     assert set(states.values()) == {S.QUEUED}  # never sent; queued again for a new job
     assert usage(webhook).reserved == 0 and usage(webhook).spent == Decimal("6")
+
+
+@respx.mock
+def test_it_fills_a_webhook_to_its_row_cap_exactly_and_fails_the_rest_of_the_job_over(webhook):
+    Webhook.objects.filter(pk=webhook.pk).update(row_cap=3)
+    backup = Webhook.objects.create(
+        workspace=webhook.workspace, name="backup", priority=200, url="http://127.0.0.1:9/v3/t_backup"
+    )
+    first = respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    second = respx.post(backup.url).mock(return_value=httpx.Response(200))
+    ids = [lead.pk for lead in make_leads(webhook, 5)]
+
+    assert delivery.submit_batch(ids) == {"accepted": 3, "failover": 2}
+    assert delivery.submit_batch(ids) == {"accepted": 2}
+
+    webhook.refresh_from_db()
+    assert (webhook.rows_sent, webhook.is_full) == (3, True)
+    assert first.call_count == 3 and second.call_count == 2
+    assert AuditEntry.objects.filter(action="webhook_full").count() == 1
+    assert usage(webhook).spent == Decimal("30") and usage(webhook).reserved == 0
