@@ -82,6 +82,20 @@ def remaining(budget: CreditBudget, *, now: datetime | None = None) -> Decimal:
     return budget.remaining(now)
 
 
+def _hold(usage: CreditUsage, budget: CreditBudget, total: Decimal) -> bool:
+    """reserved += total, only if reserved + spent + total stays within the limit: ONE conditional
+    UPDATE whose row count says whether it held. The limit is read in the same statement, so a limit
+    change applies at once to every worker."""
+    limit = Subquery(CreditBudget.objects.filter(pk=budget.pk).order_by().values("daily_limit")[:1])
+    return (
+        CreditUsage.objects.filter(pk=usage.pk)
+        .alias(after=Round(F("reserved") + F("spent") + Value(total, output_field=CREDITS), 2))
+        .filter(after__lte=limit)
+        .update(reserved=_plus("reserved", total))
+        == 1
+    )
+
+
 def reserve(
     *,
     budget: CreditBudget,
@@ -99,16 +113,8 @@ def reserve(
     amount = _credits(amount)
     ttl = settings.CLAYOPS_RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     usage = usage_for(budget, now=now)
-    # The limit is read in the same statement, so a limit change applies at once to every worker.
-    limit = Subquery(CreditBudget.objects.filter(pk=budget.pk).order_by().values("daily_limit")[:1])
     with transaction.atomic():
-        took = (
-            CreditUsage.objects.filter(pk=usage.pk)
-            .alias(after=Round(F("reserved") + F("spent") + Value(amount, output_field=CREDITS), 2))
-            .filter(after__lte=limit)
-            .update(reserved=_plus("reserved", amount))
-        )
-        if took != 1:
+        if not _hold(usage, budget, amount):
             return None
         return CreditReservation.objects.create(
             usage=usage, lead=lead, amount=amount, created_at=now, expires_at=now + timedelta(seconds=ttl)
@@ -134,19 +140,11 @@ def reserve_many(
     amount = _credits(amount)
     ttl = settings.CLAYOPS_RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     usage = usage_for(budget, now=now)
-    limit = Subquery(CreditBudget.objects.filter(pk=budget.pk).order_by().values("daily_limit")[:1])
     want = len(lead_ids)
     expires = now + timedelta(seconds=ttl)
     while want > 0:
-        total = amount * want
         with transaction.atomic():
-            took = (
-                CreditUsage.objects.filter(pk=usage.pk)
-                .alias(after=Round(F("reserved") + F("spent") + Value(total, output_field=CREDITS), 2))
-                .filter(after__lte=limit)
-                .update(reserved=_plus("reserved", total))
-            )
-            if took == 1:
+            if _hold(usage, budget, amount * want):
                 made = CreditReservation.objects.bulk_create(
                     CreditReservation(
                         usage=usage, lead_id=pk, amount=amount, created_at=now, expires_at=expires
