@@ -13,7 +13,7 @@ from pathlib import Path
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from clayops.bootstrap import ensure_environment
+    from clayops.devtools.venv import ensure_environment
 
     ensure_environment(sys.argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clayops.settings")

@@ -454,7 +454,7 @@ def main() -> int:
             from django.contrib.auth import get_user_model
             from django.test import Client
 
-            from clayops.setup import ensure_operator
+            from clayops.provisioning import ensure_operator
 
             db = bench.db_description()
             print(f"machine: {machine()}; database {db}; server {args.server}")

@@ -385,7 +385,7 @@ def run_pacing(args, bench, sim, *, hooks: int) -> tuple[str, bool]:
 
 def main() -> int:
     args = parse_args()
-    from clayops.simulator import ClaySimulator
+    from clayops.devtools.simulator import ClaySimulator
 
     summaries = []
     try:

@@ -134,7 +134,7 @@ class Bench:
     # -- Redis and the database
 
     def _start_redis(self) -> None:
-        from clayops.embedded_redis import EmbeddedRedis
+        from clayops.devtools.embedded_redis import EmbeddedRedis
 
         self.redis = EmbeddedRedis(self.tmp / "redis")
         self.redis.start()

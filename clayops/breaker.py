@@ -160,18 +160,8 @@ def allow(webhook_id: int, *, now: datetime | None = None) -> Admission:
                 f"cooldown of {breaker.cooldown_seconds}s passed",
                 now=now,
             )
-    else:  # half-open: free the slots of probes whose worker died
-        stale = now - timedelta(seconds=probe_timeout(breaker))
-        if CircuitBreaker.objects.filter(
-            pk=breaker.pk, state=State.HALF_OPEN, updated_at__lt=stale, half_open_in_flight__gt=0
-        ).update(half_open_in_flight=0, updated_at=now):
-            _event(
-                breaker,
-                State.HALF_OPEN,
-                State.HALF_OPEN,
-                f"probe slots freed: no probe result for {probe_timeout(breaker):.0f}s",
-                now=now,
-            )
+    else:
+        _free_stale_probes(breaker, now=now)
     took = CircuitBreaker.objects.filter(
         pk=breaker.pk,
         state=State.HALF_OPEN,
@@ -179,6 +169,26 @@ def allow(webhook_id: int, *, now: datetime | None = None) -> Admission:
     ).update(half_open_in_flight=F("half_open_in_flight") + 1, updated_at=now)
     if took:
         return Admission(True, True, State.HALF_OPEN, "half-open: probe")
+    return _no_probe_slot(webhook_id, now=now)
+
+
+def _free_stale_probes(breaker: CircuitBreaker, *, now: datetime) -> None:
+    """Half-open: free the slots of probes whose worker died (no result within probe_timeout)."""
+    stale = now - timedelta(seconds=probe_timeout(breaker))
+    if CircuitBreaker.objects.filter(
+        pk=breaker.pk, state=State.HALF_OPEN, updated_at__lt=stale, half_open_in_flight__gt=0
+    ).update(half_open_in_flight=0, updated_at=now):
+        _event(
+            breaker,
+            State.HALF_OPEN,
+            State.HALF_OPEN,
+            f"probe slots freed: no probe result for {probe_timeout(breaker):.0f}s",
+            now=now,
+        )
+
+
+def _no_probe_slot(webhook_id: int, *, now: datetime) -> Admission:
+    """No probe slot was taken: answer from the breaker's state as it is now."""
     current = get_breaker(webhook_id)
     if current.state == State.CLOSED:  # closed meanwhile by another worker's probe
         return Admission(True, False, State.CLOSED, "closed")

@@ -211,6 +211,41 @@ def release_many(reservation_ids, *, now: datetime | None = None) -> int:
     return len(_close_held(list(reservation_ids), state=R.RELEASED, now=now or timezone.now()))
 
 
+def extend_holds(reservation_ids, *, until: datetime) -> int:
+    """Keep held reservations until `until` (an uncertain send waits for its callback). Returns how many."""
+    return CreditReservation.objects.filter(pk__in=list(reservation_ids), state=R.HELD).update(
+        expires_at=until
+    )
+
+
+def extend_holds_for_leads(lead_ids, *, until: datetime) -> int:
+    """extend_holds() for whatever these leads hold."""
+    return CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD).update(expires_at=until)
+
+
+def release_for_leads(lead_ids, *, now: datetime | None = None) -> int:
+    """Release whatever these leads hold (they go back to the queue unsent). Returns how many."""
+    held = CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD).values_list(
+        "pk", flat=True
+    )
+    return release_many(list(held), now=now)
+
+
+def settle_for_lead(lead_id: int, *, actual: Decimal | None, now: datetime | None = None) -> bool:
+    """Clay's callback for a lead: its latest reservation is charged at `actual` when the callback
+    reports a figure, else settled at the estimate if still held. Returns whether anything changed."""
+    reservation = (
+        CreditReservation.objects.filter(lead_id=lead_id).order_by("-id").values("pk", "state").first()
+    )
+    if reservation is None:
+        return False
+    if actual is not None:
+        return record_actual(reservation_id=reservation["pk"], actual=actual, now=now)
+    if reservation["state"] == R.HELD:
+        return settle(reservation_id=reservation["pk"], now=now)
+    return False
+
+
 def settle(*, reservation_id: int, amount: Decimal | None = None, now: datetime | None = None) -> bool:
     """Clay took the row (2xx): the reservation's credits become spent, at `amount` (default: the estimate).
 

@@ -19,10 +19,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from . import budget
-from .delivery import LEAD_ID_FIELD
+from .contract import CALLBACK_HEADER, LEAD_ID_FIELD
 from .dlq import resolve_for_leads
-from .models import CreditReservation, DeadLetter, EnrichmentCache, Lead, Webhook
-from .setup import CALLBACK_HEADER
+from .models import DeadLetter, EnrichmentCache, Lead, Webhook
 
 log = logging.getLogger("clayops.callbacks")
 MAX_CALLBACK_BYTES = 1_000_000
@@ -104,13 +103,7 @@ def apply_enrichment(lead_id: int, row: dict) -> str:
     resolve_for_leads(
         [lead_id], states=(DeadLetter.State.PENDING, DeadLetter.State.RETRYING, DeadLetter.State.EXHAUSTED)
     )
-    actual = _credits(row)
-    reservation = CreditReservation.objects.filter(lead_id=lead_id).order_by("-id").first()
-    if reservation is not None:
-        if actual is not None:
-            budget.record_actual(reservation_id=reservation.pk, actual=actual, now=now)
-        elif reservation.state == CreditReservation.State.HELD:
-            budget.settle(reservation_id=reservation.pk, now=now)
+    budget.settle_for_lead(lead_id, actual=_credits(row), now=now)
     lead = Lead.objects.only("domain").get(pk=lead_id)
     if lead.domain and not failed:
         cache_put(lead.domain, data, now=now)

@@ -20,6 +20,7 @@ from django.db.models import Count, F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from .enqueue import enqueue_leads
 from .models import AuditEntry, DeadLetter, Lead, Webhook
 
 D = DeadLetter.State
@@ -94,8 +95,6 @@ def resolve_for_leads(lead_ids: Sequence[int], *, states: Sequence[str] = (D.RET
 
 def _resubmit(entry_ids: Sequence[int], *, states: Sequence[str]) -> list[int]:
     """Entries → retrying, their dead leads → queued, then enqueue. Returns the lead ids moved."""
-    from .delivery import enqueue_leads
-
     now = timezone.now()
     with transaction.atomic():
         entries = list(

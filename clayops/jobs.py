@@ -1,30 +1,23 @@
-"""RQ jobs. Each takes ids, re-reads the database and claims work with a conditional UPDATE,
-so a second run of the same job (RQ is at-least-once) is harmless. Logic lives in the services."""
+"""RQ jobs, enqueued by dotted name (clayops.enqueue). Each takes ids, re-reads the database and
+claims work with a conditional UPDATE, so a second run of the same job (RQ is at-least-once) is
+harmless. Logic lives in the services; this is the top layer."""
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("clayops.jobs")
+from . import delivery, imports, maintenance
 
 
 def import_leads(import_id: int) -> None:
     """Parse an uploaded CSV into leads (clayops.imports.run_import)."""
-    from .imports import run_import
-
-    run_import(import_id)
+    imports.run_import(import_id)
 
 
 def submit_leads(lead_ids: list[int]) -> dict:
     """Submit a batch of leads to Clay through the guards (clayops.delivery.submit_batch)."""
-    from .delivery import submit_batch
-
-    return submit_batch(lead_ids)
+    return delivery.submit_batch(lead_ids)
 
 
 def maintenance_tick() -> dict:
-    """Periodic work (RQ cron, every few seconds): reap stale reservations and stuck leads, retry due
-    DLQ entries, drain the offline queue, requeue leads whose backoff has passed."""
-    from .delivery import maintenance
-
-    return maintenance()
+    """Periodic work (RQ cron): reap stale reservations and stuck leads, retry due DLQ entries,
+    drain the offline queue, requeue leads whose backoff has passed (clayops.maintenance)."""
+    return maintenance.run()

@@ -23,8 +23,8 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from . import breaker as breaker_service
-from . import budget as budget_service
 from . import health as health_service
+from .dlq import GENERATION_KEY
 from .models import (
     Attempt,
     AuditEntry,
@@ -32,6 +32,7 @@ from .models import (
     CircuitEvent,
     CreditBudget,
     CreditReservation,
+    CreditUsage,
     DeadLetter,
     ImportRowError,
     Lead,
@@ -203,7 +204,9 @@ def budget_gauge(*, budget: CreditBudget, now: datetime | None = None) -> Budget
     the projection follows the current pace, not the day's average.
     """
     now = now or timezone.now()
-    usage = budget_service.usage_for(budget, now=now)
+    day = budget.day_for(now)
+    # Read only: a day with no usage row yet reads as nothing spent (the row is made by the first hold).
+    usage = CreditUsage.objects.filter(budget=budget, day=day).first() or CreditUsage(budget=budget, day=day)
     limit = budget.daily_limit
     spent, reserved = usage.spent, usage.reserved
     remaining = max(Decimal("0"), limit - spent - reserved)
@@ -563,7 +566,6 @@ def dlq_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_PA
 
 def _dlq_cached(name: str, parts: dict, compute):
     """compute(), cached for DLQ_CACHE_SECONDS under the DLQ's generation (see dlq.changed)."""
-    from .dlq import GENERATION_KEY
 
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     key = f"clayops:dlq:{name}:{cache.get(GENERATION_KEY, 0)}:{digest}"

@@ -19,7 +19,7 @@ os.environ.setdefault("DEBUG", "0")
 if os.environ.get("CLAYOPS_TEST_REDIS_URL"):
     os.environ["REDIS_URL"] = os.environ["CLAYOPS_TEST_REDIS_URL"]
 elif not os.environ.get("CLAYOPS_TEST_REDIS_STARTED"):
-    from clayops.embedded_redis import EmbeddedRedis
+    from clayops.devtools.embedded_redis import EmbeddedRedis
 
     _server = EmbeddedRedis(Path(os.environ["CLAYOPS_TEST_VAR_DIR"]) / "redis")
     _server.start(stop_at_exit=True)

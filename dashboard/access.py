@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django_htmx.http import HttpResponseClientRedirect
 
-from clayops.setup import OPERATORS, VIEWERS
+from clayops.provisioning import OPERATORS, VIEWERS
 
 OPERATE = "clayops.operate"
 

@@ -1,6 +1,5 @@
-"""Actions (POST only, CSRF, operators only). Each calls one service, which writes the AuditEntry
-(the upload's entry is written here), and answers htmx with the updated partial, anyone else with a
-redirect back to the page."""
+"""Actions (POST only, CSRF, operators only). Each calls one service, which writes the AuditEntry,
+and answers htmx with the updated partial, anyone else with a redirect back to the page."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import trigger_client_event
 
 from clayops import breaker, delivery, dlq, imports, selectors
-from clayops.models import AuditEntry, Webhook
+from clayops.models import Webhook
 
 from .access import operator_required
 from .forms import UploadForm
@@ -68,12 +67,6 @@ def import_upload(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error("file", exc)
         else:
-            AuditEntry.objects.create(
-                user=request.user,
-                action="import_upload",
-                target=f"import:{imp.pk}",
-                detail={"filename": imp.filename, "size_bytes": imp.size_bytes},
-            )
             if not request.htmx:
                 return redirect("dashboard:import_detail", imp.pk)
             summary = selectors.import_summary(import_id=imp.pk)

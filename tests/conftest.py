@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import connection
 
-from clayops import setup
+from clayops import provisioning
 from clayops.models import CircuitBreaker, CreditBudget, Webhook, Workspace
 
 
@@ -77,17 +77,17 @@ def webhook(workspace) -> Webhook:
 
 @pytest.fixture
 def viewer(db):
-    setup.ensure_roles()
+    provisioning.ensure_roles()
     user = get_user_model().objects.create_user("victor", password="pw-viewer-1")
-    user.groups.add(Group.objects.get(name=setup.VIEWERS))
+    user.groups.add(Group.objects.get(name=provisioning.VIEWERS))
     return user
 
 
 @pytest.fixture
 def operator(db):
-    setup.ensure_roles()
+    provisioning.ensure_roles()
     user = get_user_model().objects.create_user("olga", password="pw-operator-1")
-    user.groups.add(Group.objects.get(name=setup.OPERATORS))
+    user.groups.add(Group.objects.get(name=provisioning.OPERATORS))
     return user
 
 

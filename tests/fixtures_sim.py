@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from clayops.simulator import ClaySimulator
+from clayops.devtools.simulator import ClaySimulator
 
 
 @pytest.fixture(name="clay_sim")

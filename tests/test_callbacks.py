@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from clayops import budget
+from clayops import budget, callbacks
+from clayops.contract import CALLBACK_HEADER
 from clayops.models import AuditEntry, DeadLetter, EnrichmentCache, Lead
-from clayops.setup import CALLBACK_HEADER
 
 
 @pytest.fixture
@@ -103,3 +106,61 @@ def test_it_resolves_the_dlq_entry_of_a_lead_clay_enriched_after_all(client, web
     lead.refresh_from_db()
     assert entry.state == "resolved" and lead.state == Lead.State.ENRICHED
     assert not AuditEntry.objects.filter(action="dlq_retry").exists()
+
+
+def test_it_compares_the_secret_in_constant_time(client, webhook, lead, monkeypatch):
+    seen = []
+    compare_digest = hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((a, b))
+        return compare_digest(a, b)
+
+    monkeypatch.setattr(callbacks.hmac, "compare_digest", spy)
+
+    assert post(client, webhook, {"clayops_lead_id": lead.pk}, secret="wrong").status_code == 401
+    assert post(client, webhook, {"clayops_lead_id": lead.pk}).status_code == 200
+
+    secret = webhook.callback_secret.encode()
+    assert sorted(seen) == sorted([(b"wrong", secret), (secret, secret)])
+
+
+def test_it_keeps_a_failed_enrichment_out_of_the_domain_cache(client, webhook, lead):
+    fetched = timezone.now() - timedelta(hours=1)
+    cached = EnrichmentCache.objects.create(
+        domain="acme.com",
+        data={"company_name": "Acme"},
+        fetched_at=fetched,
+        expires_at=fetched + timedelta(days=1),
+    )
+    other = Lead.objects.create(
+        row={"email": "bob@beta.com"},
+        fingerprint="fp-bob",
+        email="bob@beta.com",
+        domain="beta.com",
+        state=Lead.State.ACCEPTED,
+        webhook=webhook,
+    )
+
+    for one in (lead, other):
+        response = post(
+            client, webhook, {"clayops_lead_id": one.pk, "enrichment_status": "failed", "error": "no match"}
+        )
+        assert response.status_code == 200 and response.json()["result"] == "enriched"
+
+    lead.refresh_from_db()
+    assert lead.last_error == "enrichment failed at Clay"
+    cached.refresh_from_db()
+    assert cached.data == {"company_name": "Acme"} and cached.fetched_at == fetched
+    assert not EnrichmentCache.objects.filter(domain="beta.com").exists()
+
+
+def test_it_refuses_an_oversized_body_with_413_and_changes_nothing(client, webhook, lead):
+    body = {"clayops_lead_id": lead.pk, "company_name": "Acme", "padding": "x" * callbacks.MAX_CALLBACK_BYTES}
+
+    response = post(client, webhook, body)
+
+    assert response.status_code == 413
+    lead.refresh_from_db()
+    assert lead.state == Lead.State.ACCEPTED and lead.enriched_at is None
+    assert not EnrichmentCache.objects.exists()

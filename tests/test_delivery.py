@@ -13,7 +13,7 @@ import pytest
 import respx
 from django.utils import timezone
 
-from clayops import breaker, budget, delivery
+from clayops import breaker, budget, delivery, maintenance
 from clayops.models import (
     Attempt,
     AuditEntry,
@@ -106,18 +106,23 @@ def test_it_schedules_a_retry_with_backoff_on_5xx_and_releases_credits(webhook):
 
 
 @respx.mock
-def test_it_moves_a_lead_to_the_dlq_when_transient_retries_end(webhook):
+def test_it_moves_a_lead_to_the_dlq_when_transient_retries_end(webhook, settings):
+    settings.CLAYOPS_DLQ_RETRY_DELAY_SECONDS = 90
     respx.post(webhook.url).mock(return_value=httpx.Response(500))
     (lead,) = make_leads(webhook)
     for _ in range(3):
         Lead.objects.filter(pk=lead.pk).update(state=S.QUEUED)  # as the maintenance tick would
+        before = timezone.now()
         delivery.submit_batch([lead.pk])
+    after = timezone.now()
 
     lead.refresh_from_db()
     assert lead.state == S.DEAD and lead.attempt_count == 3
     entry = DeadLetter.objects.get(lead=lead)
     assert entry.state == "pending" and entry.error_class == "server_error" and entry.status_code == 500
-    assert entry.next_retry_at is not None and entry.max_retries == 3
+    assert entry.max_retries == 3 and entry.retry_count == 0
+    # The first automatic retry waits the configured delay (doubling with each later retry).
+    assert before + timedelta(seconds=90) <= entry.next_retry_at <= after + timedelta(seconds=90)
     assert Attempt.objects.filter(lead=lead).count() == 3
 
 
@@ -181,10 +186,10 @@ def test_it_keeps_an_uncertain_send_until_the_grace_period_passes(webhook, setti
     assert lead.state == S.UNCERTAIN
     reservation = CreditReservation.objects.get(lead=lead)
     assert reservation.state == "held"  # the row may be at Clay: credits stay reserved
-    delivery.maintenance()
+    maintenance.run()
     lead.refresh_from_db()
     assert lead.state == S.UNCERTAIN  # not resent before the grace period
-    delivery.maintenance(now=timezone.now() + timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS + 1))
+    maintenance.run(now=timezone.now() + timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS + 1))
     lead.refresh_from_db()
     reservation.refresh_from_db()
     assert lead.state == S.QUEUED and reservation.state == "released"

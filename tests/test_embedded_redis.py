@@ -15,7 +15,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from clayops.embedded_redis import EmbeddedRedis, server_binary
+from clayops.devtools.embedded_redis import EmbeddedRedis, server_binary
 
 ROOT = Path(settings.BASE_DIR)
 

@@ -21,6 +21,8 @@ from clayops.imports import (
     run_import,
     split_email,
 )
+from clayops.imports import reader as import_reader
+from clayops.imports import run as import_run
 from clayops.models import ImportRowError, Lead, LeadImport, Webhook
 
 
@@ -321,7 +323,7 @@ def test_it_rejects_a_row_over_the_payload_limit(settings, monkeypatch, db):
 
     # A physical line longer than two payloads is skipped without being held in memory.
     settings.CLAYOPS_MAX_PAYLOAD_BYTES = 1000
-    monkeypatch.setattr(imports, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(import_reader, "CHUNK_BYTES", 4096)
     imp = run(f"email,notes\na@acme.com,{'é' * 400}\nb@beta.io,{'z' * 50_000}\r\nc@gamma.io,ok\n")
     assert errors(imp) == [
         (2, "row exceeds Clay's 1 KB payload limit (853 bytes as JSON)"),
@@ -352,7 +354,7 @@ def test_it_reads_the_rows_an_unterminated_quote_swallowed(settings, db):
 
 
 def test_it_stores_a_bounded_number_of_row_errors(settings, monkeypatch, db):
-    monkeypatch.setattr(imports, "MAX_STORED_ERRORS", 3)
+    monkeypatch.setattr(import_run, "MAX_STORED_ERRORS", 3)
     settings.CLAYOPS_IMPORT_BATCH_ROWS = 2
     imp = run("email\n" + "bad\n" * 7 + "ok@acme.com\n")
     assert imp.invalid_rows == 7 and imp.row_errors.count() == 3
@@ -384,7 +386,7 @@ def test_it_fails_a_file_it_cannot_read_with_a_clear_error(content, message, db)
 
 def test_it_fails_a_header_row_longer_than_any_acceptable_row(settings, monkeypatch, db):
     settings.CLAYOPS_MAX_PAYLOAD_BYTES = 1000
-    monkeypatch.setattr(imports, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(import_reader, "CHUNK_BYTES", 1024)
     imp = run("email," + "x" * 5000 + "\na@acme.com,1\n")
     assert imp.state == LeadImport.State.FAILED
     assert imp.error == "Could not read the header row (line 1): line too long (5,007 bytes)"
@@ -520,7 +522,7 @@ def test_it_reclaims_an_import_whose_worker_died_and_redoes_it_idempotently(
 
 def test_it_stops_when_another_worker_takes_the_import_over(settings, monkeypatch, db):
     settings.CLAYOPS_IMPORT_BATCH_ROWS = 1
-    original = imports._ImportRun.flush
+    original = import_run._ImportRun.flush
     calls = []
 
     def flush_then_lose_the_claim(self):
@@ -531,7 +533,7 @@ def test_it_stops_when_another_worker_takes_the_import_over(settings, monkeypatc
                 heartbeat_at=timezone.now() + timedelta(seconds=1)
             )
 
-    monkeypatch.setattr(imports._ImportRun, "flush", flush_then_lose_the_claim)
+    monkeypatch.setattr(import_run._ImportRun, "flush", flush_then_lose_the_claim)
     imp = run("email\na@acme.com\nb@beta.io\nc@gamma.io\n")
     assert imp.state == LeadImport.State.RUNNING  # left to the other worker
     assert list(Lead.objects.values_list("email", flat=True)) == ["a@acme.com"]
@@ -546,7 +548,7 @@ def test_it_records_an_unexpected_error_and_reraises_it(settings, monkeypatch, d
             raise RuntimeError("disk on fire")
         return original(**kwargs)
 
-    monkeypatch.setattr(imports, "lead_fingerprint", fingerprint)
+    monkeypatch.setattr(import_run, "lead_fingerprint", fingerprint)
     imp = upload("email\na@acme.com\nb@beta.io\nc@gamma.io\nd@delta.io\n")
     with pytest.raises(RuntimeError):
         run_import(imp.pk)

@@ -20,8 +20,10 @@ import pytest
 from django.conf import settings
 from django.db.models import Count
 
-from clayops import budget, delivery, imports
-from clayops.embedded_redis import EmbeddedRedis
+from clayops import budget, imports, maintenance
+from clayops.contract import CALLBACK_HEADER
+from clayops.devtools.embedded_redis import EmbeddedRedis
+from clayops.enqueue import enqueue_leads
 from clayops.models import (
     CircuitBreaker,
     CircuitEvent,
@@ -32,7 +34,6 @@ from clayops.models import (
     Webhook,
     Workspace,
 )
-from clayops.setup import CALLBACK_HEADER
 from tests.conftest import child_env
 from tests.fixtures_sim import clay_sim as _clay_sim  # noqa: F401
 
@@ -159,7 +160,7 @@ def make_leads(webhook, n: int) -> list[int]:
         ]
     )
     ids = list(Lead.objects.values_list("pk", flat=True))
-    delivery.enqueue_leads(ids)
+    enqueue_leads(ids)
     return ids
 
 
@@ -171,7 +172,7 @@ def run_until(done, *, timeout: float, workers: Workers | None = None, every=Non
             workers.revive()
         if every is not None:
             every()
-        delivery.maintenance()
+        maintenance.run()
         if done():
             return
         time.sleep(0.5)

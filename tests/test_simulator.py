@@ -16,7 +16,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from clayops.simulator import ClaySimulator, credits_for_domain, enrichment_for
+from clayops.devtools.simulator import ClaySimulator, credits_for_domain, enrichment_for
 from tests.fixtures_sim import callback_sink as _callback_sink  # noqa: F401
 from tests.fixtures_sim import clay_sim as _clay_sim  # noqa: F401
 

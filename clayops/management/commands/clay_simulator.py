@@ -14,7 +14,7 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from clayops.simulator import ClaySimulator, loopback_host
+from clayops.devtools.simulator import ClaySimulator, loopback_host
 
 
 class Command(BaseCommand):

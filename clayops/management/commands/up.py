@@ -21,7 +21,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from clayops import setup
+from clayops import provisioning
+from clayops.contract import CALLBACK_HEADER
 
 
 class Command(BaseCommand):
@@ -37,26 +38,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         manage = str(Path(settings.BASE_DIR) / "manage.py")
-        env = dict(os.environ)
-        env.update(PYTHONUNBUFFERED="1", CLAYOPS_NO_VENV="1")
-        # Plain http on loopback: no https redirect or secure-only cookies for the embedded default.
-        for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
-            env.setdefault(name, "0")
-        env.setdefault("SECURE_HSTS_SECONDS", "0")
-        env.setdefault("CLAYOPS_PUBLIC_URL", f"http://{opts['host']}:{opts['port']}")
-
-        redis_server = None
-        if settings.REDIS_IS_EMBEDDED:
-            from clayops.embedded_redis import EmbeddedRedis
-
-            redis_server = EmbeddedRedis(settings.EMBEDDED_REDIS_DIR)
-            started = redis_server.start()
-            self.stdout.write(
-                f"Redis: private valkey-server on {redis_server.url}"
-                + ("" if started else " (already running)")
-            )
+        env = self._child_env(opts)
+        redis_server = self._start_redis()
         env["REDIS_URL"] = settings.REDIS_URL
-
         children: list[tuple[str, subprocess.Popen]] = []
 
         def spawn(name: str, argv: list[str]) -> None:
@@ -65,28 +49,11 @@ class Command(BaseCommand):
 
         try:
             call_command("migrate", interactive=False, verbosity=0)
-            setup.ensure_roles()
+            provisioning.ensure_roles()
             password = secrets.token_urlsafe(12)
-            setup.ensure_operator(opts["username"], password)
-
+            provisioning.ensure_operator(opts["username"], password)
             if not opts["no_simulator"]:
-                sim_url = f"http://127.0.0.1:{opts['sim_port']}"
-                spawn(
-                    "simulator",
-                    [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])],
-                )
-                self._wait_http(f"{sim_url}/_sim/health", "Clay simulator")
-                webhook = setup.ensure_simulator_webhook(sim_url)
-                callback = env["CLAYOPS_PUBLIC_URL"] + webhook.callback_path
-                httpx.post(
-                    f"{sim_url}/_sim/tables/{setup.SIMULATOR_TABLE}",
-                    json={
-                        "callback_url": callback,
-                        "callback_headers": {setup.CALLBACK_HEADER: webhook.callback_secret},
-                    },
-                    timeout=5,
-                ).raise_for_status()
-
+                self._start_simulator(spawn, manage, opts, env)
             queues = ["submit", "maintenance", "default"]
             for i in range(max(1, opts["workers"])):
                 argv = [manage, "rqworker", *queues, "--worker-class", "rq.worker.SimpleWorker"]
@@ -96,20 +63,7 @@ class Command(BaseCommand):
             spawn("cron", [manage, "rqcron", "clayops.cron"])
             spawn("web", [manage, "runserver", "--noreload", "--insecure", f"{opts['host']}:{opts['port']}"])
             self._wait_http(f"http://{opts['host']}:{opts['port']}/healthz", "web server")
-
-            bar = "=" * 64
-            self.stdout.write(
-                self.style.SUCCESS(
-                    f"\n{bar}\n clayops is up: http://{opts['host']}:{opts['port']}/\n"
-                    f" operator login: {opts['username']} / {password}\n"
-                    + (
-                        f" Clay simulator: http://127.0.0.1:{opts['sim_port']}/ (default webhook)\n"
-                        if not opts["no_simulator"]
-                        else ""
-                    )
-                    + f" Press Ctrl-C to stop everything.\n{bar}\n"
-                )
-            )
+            self._banner(opts, password)
             self._supervise(children)
         except KeyboardInterrupt:
             self.stdout.write("\nStopping ...")
@@ -120,6 +74,58 @@ class Command(BaseCommand):
             if redis_server is not None:
                 redis_server.stop()
             self.stdout.write("clayops stopped.")
+
+    def _child_env(self, opts) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(PYTHONUNBUFFERED="1", CLAYOPS_NO_VENV="1")
+        # Plain http on loopback: no https redirect or secure-only cookies for the embedded default.
+        for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+            env.setdefault(name, "0")
+        env.setdefault("SECURE_HSTS_SECONDS", "0")
+        env.setdefault("CLAYOPS_PUBLIC_URL", f"http://{opts['host']}:{opts['port']}")
+        return env
+
+    def _start_redis(self):
+        """The private valkey-server when REDIS_URL is unset; None when an external Redis is used."""
+        if not settings.REDIS_IS_EMBEDDED:
+            return None
+        from clayops.devtools.embedded_redis import EmbeddedRedis
+
+        redis_server = EmbeddedRedis(settings.EMBEDDED_REDIS_DIR)
+        started = redis_server.start()
+        self.stdout.write(
+            f"Redis: private valkey-server on {redis_server.url}" + ("" if started else " (already running)")
+        )
+        return redis_server
+
+    def _start_simulator(self, spawn, manage: str, opts, env: dict[str, str]) -> None:
+        """Start the Clay simulator, wire it up as the default webhook and tell it where to call back."""
+        sim_url = f"http://127.0.0.1:{opts['sim_port']}"
+        spawn("simulator", [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])])
+        self._wait_http(f"{sim_url}/_sim/health", "Clay simulator")
+        webhook = provisioning.ensure_simulator_webhook(sim_url)
+        callback = env["CLAYOPS_PUBLIC_URL"] + webhook.callback_path
+        httpx.post(
+            f"{sim_url}/_sim/tables/{provisioning.SIMULATOR_TABLE}",
+            json={"callback_url": callback, "callback_headers": {CALLBACK_HEADER: webhook.callback_secret}},
+            timeout=5,
+        ).raise_for_status()
+
+    def _banner(self, opts, password: str) -> None:
+        bar = "=" * 64
+        simulator = (
+            f" Clay simulator: http://127.0.0.1:{opts['sim_port']}/ (default webhook)\n"
+            if not opts["no_simulator"]
+            else ""
+        )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\n{bar}\n clayops is up: http://{opts['host']}:{opts['port']}/\n"
+                f" operator login: {opts['username']} / {password}\n"
+                + simulator
+                + f" Press Ctrl-C to stop everything.\n{bar}\n"
+            )
+        )
 
     def _wait_http(self, url: str, what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

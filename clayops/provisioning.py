@@ -1,4 +1,5 @@
-"""Idempotent set-up used by `manage.py up` and tests: roles, an operator, the default webhook."""
+"""Provisioning, idempotent, used by `manage.py up` and tests: roles, an operator, the default
+workspace and budget, the simulator's webhook."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from .models import CircuitBreaker, CreditBudget, Webhook, Workspace
 
 VIEWERS = "viewers"
 OPERATORS = "operators"
-# Header Clay's HTTP API column sends back with each callback (the operator types it into the column).
-CALLBACK_HEADER = "X-Clayops-Secret"
 SIMULATOR_TABLE = "t_default"
 
 

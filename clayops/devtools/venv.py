@@ -17,7 +17,7 @@ import tomllib
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
 # Commands that need the test extras (pytest, playwright, ...) on top of the runtime dependencies.
 TEST_COMMANDS = {"runtests"}

@@ -61,9 +61,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-log = logging.getLogger("clayops.simulator")
+from clayops.contract import LEAD_ID_FIELD  # plain constants, no Django
 
-LEAD_ID_FIELD = "clayops_lead_id"  # the same name as clayops.delivery.LEAD_ID_FIELD (no Django import here)
+log = logging.getLogger("clayops.simulator")
 AUTH_HEADER = "x-clay-webhook-auth"
 WEBHOOK_PREFIX = "/v3/sources/webhook/"
 CONTROL_PREFIX = "/_sim/"
@@ -894,23 +894,11 @@ class ClaySimulator:
         table = self.tables.get(table_id)
         if table is None and s.auto_create and table_id and "/" not in table_id:
             table = self.tables[table_id] = Table()
-        if table is None or not table.active:
-            return 404, _error(f"webhook {table_id} not found"), ()
-        if table.token is not None and not hmac.compare_digest(
-            h.headers.get(AUTH_HEADER, "").encode(), table.token.encode()
-        ):
-            return 401, _error(f"missing or wrong {AUTH_HEADER} header"), ()
-        if status == 413:
-            return 413, _error(f"payload too large: the limit is {s.payload_limit} bytes"), ()
-        if status is not None:
-            return status, _error("a Content-Length body is required"), ()
-        if problem is not None or rows is None:
-            return 422, _error(problem or "bad request"), ()
+        refused = self._refusal_locked(table_id, table, h, rows, status, problem)
+        if refused is not None:
+            return refused
+        assert table is not None and rows is not None
         n = len(rows)
-        cap = s.row_cap if table.row_cap is None else table.row_cap
-        if table.rows + n > cap:
-            message = f"This webhook has reached its submission limit of {cap} rows; create a new webhook"
-            return 404, _error("webhook submission limit reached", message=message), ()
         if s.rate_limit > 0:
             now = time.monotonic()
             self._tokens = min(float(s.burst), self._tokens + (now - self._bucket_at) * s.rate_limit)
@@ -931,13 +919,56 @@ class ClaySimulator:
             self._tokens -= n
         if self._pool_left is not None:
             self._pool_left -= needed
-        # Accepted: count it.
+        self._accept_locked(table_id, table, rows, credits, failed, uncertain)
+        return 200, {"status": "ok", "accepted": n}, ()
+
+    def _refusal_locked(
+        self,
+        table_id: str,
+        table: Table | None,
+        h: _Handler,
+        rows: list[dict] | None,
+        status: int | None,
+        problem: str | None,
+    ) -> tuple[int, dict, tuple[tuple[str, str], ...]] | None:
+        """Clay's refusals that do not depend on the rate or the credits: 404, 401, 413, 411, 422."""
+        s = self._settings
+        if table is None or not table.active:
+            return 404, _error(f"webhook {table_id} not found"), ()
+        if table.token is not None and not hmac.compare_digest(
+            h.headers.get(AUTH_HEADER, "").encode(), table.token.encode()
+        ):
+            return 401, _error(f"missing or wrong {AUTH_HEADER} header"), ()
+        if status == 413:
+            return 413, _error(f"payload too large: the limit is {s.payload_limit} bytes"), ()
+        if status is not None:
+            return status, _error("a Content-Length body is required"), ()
+        if problem is not None or rows is None:
+            return 422, _error(problem or "bad request"), ()
+        cap = s.row_cap if table.row_cap is None else table.row_cap
+        if table.rows + len(rows) > cap:
+            message = f"This webhook has reached its submission limit of {cap} rows; create a new webhook"
+            return 404, _error("webhook submission limit reached", message=message), ()
+        return None
+
+    def _accept_locked(
+        self,
+        table_id: str,
+        table: Table,
+        rows: list[dict],
+        credits: list[float],
+        failed: list[bool],
+        uncertain: bool,
+    ) -> None:
+        """Count accepted rows (charges, duplicates, the busiest second) and queue their callbacks."""
+        s, c = self._settings, self.counters
+        n = len(rows)
         table.rows += n
         c.rows_accepted += n
         c.rows_by_table[table_id] = c.rows_by_table.get(table_id, 0) + n
         if uncertain:
             c.rows_uncertain += n
-        c.credits_charged += needed
+        c.credits_charged += sum(credits)
         second = int(time.time())
         count = c.per_second.get(second)
         if count is None and len(c.per_second) >= HISTORY_SECONDS:
@@ -971,7 +1002,6 @@ class ClaySimulator:
                     self._queue_callback_locked(due + 0.05, dataclasses.replace(job))
         if not uncertain:
             c.ok_leads.update(leads)
-        return 200, {"status": "ok", "accepted": n}, ()
 
     @staticmethod
     def _row_credits(table: Table, row: dict, s: Settings) -> float:

@@ -1,0 +1,46 @@
+"""Putting work on RQ's queues. Depends only on RQ and settings, so every service may use it.
+
+Jobs are named by their dotted path (clayops.jobs.*), never imported here: a job takes ids and
+re-reads the database, and enqueueing never reaches up into the layers that run the work.
+django-rq enqueues after the surrounding transaction commits (inside `atomic()` `enqueue()` returns None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import django_rq
+from django.conf import settings
+
+# The RQ timeout of an import job (the default queue's 600 s is too short for a million rows).
+IMPORT_JOB_TIMEOUT = 6 * 3600
+
+
+def enqueue_leads(lead_ids: Iterable[int]) -> int:
+    """Enqueue submission jobs for these leads in batches of CLAYOPS_BATCH_SIZE (after commit).
+
+    Returns the number of jobs enqueued. Safe to call for leads already queued or sent: the job
+    claims each lead with a conditional UPDATE and skips those not in the queued state.
+    """
+    ids = list(lead_ids)
+    size = settings.CLAYOPS_BATCH_SIZE
+    queue = django_rq.get_queue("submit")
+    jobs = 0
+    for start in range(0, len(ids), size):
+        queue.enqueue("clayops.jobs.submit_leads", ids[start : start + size])
+        jobs += 1
+    return jobs
+
+
+def import_job_id(import_id: int) -> str:
+    """The RQ job id of an import: one job per import, so a waiting one is not enqueued twice."""
+    return f"clayops-import-{import_id}"
+
+
+def enqueue_import(import_id: int) -> None:
+    django_rq.get_queue("default").enqueue(
+        "clayops.jobs.import_leads",
+        import_id,
+        job_id=import_job_id(import_id),
+        job_timeout=IMPORT_JOB_TIMEOUT,
+    )

@@ -1,0 +1,25 @@
+"""One maintenance pass (RQ cron every CLAYOPS_TICK_SECONDS). It sits above delivery, dlq and
+imports, so none of them needs to know about the others' recovery work. Safe to run concurrently:
+every step claims its work with conditional UPDATEs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils import timezone
+
+from . import budget, delivery, dlq, imports
+
+
+def run(*, now: datetime | None = None) -> dict[str, int]:
+    now = now or timezone.now()
+    return {
+        "imports_requeued": imports.requeue_stale_imports(),
+        "reservations_reaped": budget.reap_expired(now=now),
+        "stuck_recovered": delivery.recover_stuck(now=now),
+        "uncertain_requeued": delivery.requeue_uncertain(now=now),
+        "retries_due": delivery.requeue_due_retries(now=now),
+        "dlq_retried": dlq.retry_due(now=now),
+        "offline_drained": delivery.drain_offline_step(now=now),
+        "orphans_requeued": delivery.requeue_orphans(now=now),
+    }
