@@ -38,4 +38,6 @@ def test_it_records_actions_taken_from_the_dashboard(client, operator, webhook):
     client.force_login(operator)
     client.post(reverse("dashboard:breaker_force_open", args=[webhook.pk]))
     html = client.get(reverse("dashboard:audit")).content.decode()
-    assert "breaker_force_open" in html and "olga" in html
+    # Cells of the entry's row: the header also names the user, the filter also lists the action.
+    assert "<td>olga</td>" in html and "<code>breaker_force_open</code>" in html
+    assert f"webhook:{webhook.pk} people" in html and "reason=paused by operator" in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -31,6 +32,11 @@ def dead(webhook, i, *, error_class="server_error", created_at=None, **kw):
         created_at=created_at or timezone.now(),
         **kw,
     )
+
+
+def rows(html):
+    """The entry ids of the table's rows, in page order."""
+    return [int(pk) for pk in re.findall(r'id="dlq-row-(\d+)"', html)]
 
 
 @pytest.fixture(autouse=True)
@@ -80,10 +86,11 @@ def test_it_paginates_by_created_at_and_id(client, url, viewer, webhook):
     client.force_login(viewer)
     first = client.get(url, {"size": 2}).content.decode()
     assert "d2@x.com" in first and "d1@x.com" in first and "d0@x.com" not in first
+    assert rows(first) == [entries[2].pk, entries[1].pk]
     cursor = first.split("cursor=")[1].split('"')[0].split("&")[0]
     second = client.get(url, {"size": 2, "cursor": cursor}).content.decode()
     assert "d0@x.com" in second and "d1@x.com" not in second
-    assert entries
+    assert rows(second) == [entries[0].pk]
 
 
 def test_it_returns_the_results_partial_for_htmx(client, url, viewer, webhook):
@@ -138,14 +145,40 @@ def test_it_discards_checked_entries_keeping_the_filters(client, operator, webho
 
 
 def test_it_redirects_after_an_action_without_htmx(client, operator, webhook):
-    a = dead(webhook, 1)
+    a, b = dead(webhook, 1), dead(webhook, 2)
     client.force_login(operator)
     r = client.post(
         reverse("dashboard:dlq_retry"), {"only": a.pk, "next": reverse("dashboard:dlq_entry", args=[a.pk])}
     )
     assert r.status_code == 302 and r["Location"] == reverse("dashboard:dlq_entry", args=[a.pk])
-    r = client.post(reverse("dashboard:dlq_discard"), {"ids": [a.pk], "next": "https://evil.example/"})
+    a.refresh_from_db()
+    assert a.state == "retrying" and Lead.objects.get(pk=a.lead_id).state == Lead.State.QUEUED
+    r = client.post(reverse("dashboard:dlq_discard"), {"ids": [b.pk], "next": "https://evil.example/"})
     assert r.status_code == 302 and r["Location"].startswith(reverse("dashboard:dlq"))
+    b.refresh_from_db()
+    assert b.state == "discarded" and Lead.objects.get(pk=b.lead_id).state == Lead.State.DISCARDED
+    assert list(AuditEntry.objects.order_by("id").values_list("action", "count")) == [
+        ("dlq_retry", 1),
+        ("dlq_discard", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "lead_state"),
+    [("dashboard:dlq_retry", "retrying", "queued"), ("dashboard:dlq_discard", "discarded", "discarded")],
+)
+def test_it_touches_only_the_entry_of_a_per_row_button(client, operator, webhook, action, state, lead_state):
+    a, b, c = dead(webhook, 1), dead(webhook, 2), dead(webhook, 3)
+    client.force_login(operator)
+    # The row's button names its entry in `only`; boxes checked elsewhere on the page do not count.
+    r = client.post(reverse(action), {"only": b.pk, "ids": [a.pk, c.pk]}, **HX)
+    assert r.status_code == 200
+    for entry in (a, b, c):
+        entry.refresh_from_db()
+    assert (b.state, Lead.objects.get(pk=b.lead_id).state) == (state, lead_state)
+    for untouched in (a, c):
+        assert untouched.state == "pending" and untouched.retry_count == 0
+        assert Lead.objects.get(pk=untouched.lead_id).state == Lead.State.DEAD
 
 
 def test_it_says_so_when_nothing_is_selected(client, operator, webhook):
@@ -174,16 +207,27 @@ def test_it_previews_a_drain_with_count_rate_and_cost(client, operator, webhook,
 
 
 def test_it_drains_after_confirmation(client, operator, webhook, settings):
-    settings.CLAYOPS_DRAIN_RATE = 5.0
+    settings.CLAYOPS_DRAIN_RATE = 2.0
+    settings.CLAYOPS_TICK_SECONDS = 1
     entries = [dead(webhook, i) for i in range(3)]
     client.force_login(operator)
+    before = timezone.now()
     r = client.post(reverse("dashboard:dlq_drain"), {"webhook": webhook.pk}, **HX)
     assert r.status_code == 200 and "Draining 3 entries" in r.content.decode()
     audit = AuditEntry.objects.get(action="dlq_drain")
     assert audit.user == operator and audit.count == 3
     for entry in entries:
         entry.refresh_from_db()
-        assert entry.state in ("pending", "retrying") and (entry.state == "retrying" or entry.next_retry_at)
+    # One tick's worth (2 per second x 1 s) is resubmitted at once; the third is due for the next tick.
+    retrying = [e for e in entries if e.state == "retrying"]
+    waiting = [e for e in entries if e.state == "pending"]
+    assert len(retrying) == 2 and len(waiting) == 1
+    assert all(
+        e.retry_count == 1 and Lead.objects.get(pk=e.lead_id).state == Lead.State.QUEUED for e in retrying
+    )
+    (left,) = waiting
+    assert left.retry_count == 0 and before <= left.next_retry_at <= timezone.now()
+    assert Lead.objects.get(pk=left.lead_id).state == Lead.State.DEAD
 
 
 def test_it_shows_the_entry_with_attempts_and_payload(client, viewer, webhook):

@@ -151,3 +151,42 @@ def test_it_does_not_retry_permanent_failures_automatically(webhook):
     assert dlq.retry_due(now=timezone.now() + timedelta(days=30)) == 0
     entry.refresh_from_db()
     assert entry.state == "pending"
+
+
+def test_it_doubles_the_automatic_retry_delay_after_each_failed_retry(webhook, settings):
+    settings.CLAYOPS_DLQ_RETRY_DELAY_SECONDS = 60
+    settings.CLAYOPS_DLQ_MAX_RETRIES = 3
+    (entry,) = dead_leads(webhook, 1)
+    entry.delete()  # the lead died but is not in the DLQ yet
+    now = timezone.now()
+
+    delays = []
+    for _ in range(3):
+        dlq.record_dead(
+            [entry.lead_id],
+            webhook=webhook,
+            error="HTTP 503",
+            error_class="server_error",
+            status_code=503,
+            transient=True,
+            now=now,
+        )
+        retried = DeadLetter.objects.get(lead_id=entry.lead_id)
+        assert retried.state == "pending"
+        delays.append((retried.next_retry_at - now).total_seconds())
+        now = retried.next_retry_at
+        assert dlq.retry_due(now=now) == 1  # due exactly then, and the retry fails again
+        Lead.objects.filter(pk=entry.lead_id).update(state=S.DEAD)
+
+    assert delays == [60, 120, 240]
+    dlq.record_dead(
+        [entry.lead_id],
+        webhook=webhook,
+        error="HTTP 503",
+        error_class="server_error",
+        status_code=503,
+        transient=True,
+        now=now,
+    )
+    retried = DeadLetter.objects.get(lead_id=entry.lead_id)
+    assert retried.state == "exhausted" and retried.retry_count == 3 and retried.next_retry_at is None

@@ -39,6 +39,17 @@ def test_it_adds_calls_of_one_minute_into_one_sample(webhook):
     assert sample.latency_max_ms == 400.0
 
 
+def test_it_keeps_the_slowest_latency_of_the_minute(webhook):
+    record(webhook, ok=1, when=T0, latency=900.0)
+    record(webhook, ok=1, when=T0 + timedelta(seconds=10), latency=100.0)
+    health.record(webhook.pk, ok=True, latency_ms=50.0, count=4, latency_max_ms=200.0, at=T0)
+
+    sample = HealthSample.objects.get()
+    assert sample.latency_max_ms == 900.0
+    assert sample.latency_sum_ms == 900.0 + 100.0 + 4 * 50.0
+    assert health.report(webhook.pk, now=T0).max_latency_ms == 900.0
+
+
 def test_it_forgets_a_failure_older_than_the_window(webhook):
     record(webhook, bad=5, when=at(6))  # 12:04:30: wholly before the window [12:05:30, 12:10:30]
     record(webhook, ok=10, when=at(1))
