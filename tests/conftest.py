@@ -1,17 +1,16 @@
-"""Shared fixtures: personas, a default workspace/webhook, and the environment for worker processes."""
+"""Shared fixtures: personas, a default workspace/webhook (built by tests/factories.py), and the
+environment for worker processes."""
 
 from __future__ import annotations
 
 import os
-from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.db import connection
 
 from clayops import provisioning
-from clayops.models import CircuitBreaker, CreditBudget, Webhook, Workspace
+from clayops.models import CreditBudget, Webhook, Workspace
+from tests.factories import make_budget, make_user, make_webhook, make_workspace
 
 
 @pytest.fixture(autouse=True)
@@ -55,42 +54,29 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def budget(db) -> CreditBudget:
-    return CreditBudget.objects.create(name="test", daily_limit=Decimal("1000"))
+    return make_budget()
 
 
 @pytest.fixture
 def workspace(budget) -> Workspace:
-    return Workspace.objects.create(name="acme", budget=budget, rate_limit=0)
+    return make_workspace(budget=budget)
 
 
 @pytest.fixture
 def webhook(workspace) -> Webhook:
-    hook = Webhook.objects.create(
-        workspace=workspace,
-        name="people",
-        url="http://127.0.0.1:9/v3/sources/webhook/t_people",
-        token="tok-123",
-    )
-    CircuitBreaker.objects.create(webhook=hook)
-    return hook
+    return make_webhook(workspace=workspace)
 
 
 @pytest.fixture
 def viewer(db):
-    provisioning.ensure_roles()
-    user = get_user_model().objects.create_user("victor", password="pw-viewer-1")
-    user.groups.add(Group.objects.get(name=provisioning.VIEWERS))
-    return user
+    return make_user("victor", password="pw-viewer-1", role=provisioning.VIEWERS)
 
 
 @pytest.fixture
 def operator(db):
-    provisioning.ensure_roles()
-    user = get_user_model().objects.create_user("olga", password="pw-operator-1")
-    user.groups.add(Group.objects.get(name=provisioning.OPERATORS))
-    return user
+    return make_user("olga", password="pw-operator-1", role=provisioning.OPERATORS)
 
 
 @pytest.fixture
 def outsider(db):
-    return get_user_model().objects.create_user("oscar", password="pw-outsider-1")
+    return make_user("oscar", password="pw-outsider-1")

@@ -13,8 +13,9 @@ import pytest
 from django.conf import settings
 
 from clayops import breaker
-from clayops.models import AuditEntry, CircuitBreaker, CircuitEvent, CreditBudget, Webhook, Workspace
+from clayops.models import AuditEntry, CircuitBreaker, CircuitEvent, Webhook
 from tests.conftest import child_env
+from tests.factories import make_webhook
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 S = CircuitBreaker.State
@@ -53,7 +54,7 @@ def test_it_admits_everything_while_closed(webhook):
 
 
 def test_it_creates_a_missing_breaker_closed(workspace):
-    hook = Webhook.objects.create(workspace=workspace, name="new", url="http://127.0.0.1:9/new")
+    hook = make_webhook(workspace=workspace, name="new", breaker=False)
     assert breaker.allow(hook.pk, now=T0).allowed
     assert row(hook).state == S.CLOSED
 
@@ -108,7 +109,7 @@ def test_it_slides_the_rate_window(webhook):
     fail(webhook, at=later)
     assert row(webhook).state == S.CLOSED  # the first 18 calls left the 60 s window
     # Within the window the same pattern opens it.
-    other = Webhook.objects.create(workspace=webhook.workspace, name="other", url="http://127.0.0.1:9/o")
+    other = make_webhook(workspace=webhook.workspace, name="other")
     alternate(other, failures=9, successes=9, at=T0)
     succeed(other, at=T0 + timedelta(seconds=30))
     fail(other, at=T0 + timedelta(seconds=30))
@@ -292,13 +293,10 @@ print(json.dumps(out))
 
 @pytest.fixture
 def shared_webhook(transactional_db) -> Webhook:
-    budget = CreditBudget.objects.create(name="b")
-    workspace = Workspace.objects.create(name="w", budget=budget)
-    hook = Webhook.objects.create(workspace=workspace, name="h", url="http://127.0.0.1:9/h")
-    CircuitBreaker.objects.create(webhook=hook, half_open_max_probes=2)
-    return hook
+    return make_webhook(breaker={"half_open_max_probes": 2})
 
 
+@pytest.mark.slow  # a launcher process that forks eight workers
 def test_it_admits_at_most_the_probe_limit_when_worker_processes_race(shared_webhook):
     open_breaker(shared_webhook)
     t = T0 + timedelta(seconds=30)

@@ -23,7 +23,8 @@ from hypothesis.stateful import (
 )
 
 from clayops import breaker
-from clayops.models import CircuitBreaker, CircuitEvent, CreditBudget, Webhook, Workspace
+from clayops.models import CircuitBreaker, CircuitEvent
+from tests.factories import make_webhook, make_workspace
 
 PARAMS = {
     "failure_threshold": 3,
@@ -136,10 +137,8 @@ class BreakerMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         n = next(_ids)
-        budget = CreditBudget.objects.create(name=f"machine-{n}")
-        workspace = Workspace.objects.create(name=f"machine-{n}", budget=budget)
-        self.webhook = Webhook.objects.create(workspace=workspace, name=f"m{n}", url="http://127.0.0.1:9/m")
-        CircuitBreaker.objects.create(webhook=self.webhook, **PARAMS)
+        workspace = make_workspace(name=f"machine-{n}")  # with its own budget
+        self.webhook = make_webhook(workspace=workspace, name=f"m{n}", breaker=PARAMS)
         self.now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=n)  # own window keys per example
         self.model = Model()
         self.outstanding: list[bool] = []  # admitted calls not finished yet: is each a probe?

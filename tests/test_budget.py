@@ -11,6 +11,7 @@ import pytest
 
 from clayops import budget as svc
 from clayops.models import AuditEntry, CreditBudget, CreditReservation, CreditUsage
+from tests.factories import make_budget, make_leads
 
 D = Decimal
 NOON = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -18,7 +19,7 @@ NOON = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def small(db) -> CreditBudget:
-    return CreditBudget.objects.create(name="small", daily_limit=D("20"), alert_percent=80)
+    return make_budget(name="small", daily_limit=D("20"), alert_percent=80)
 
 
 def usage(b: CreditBudget, now=NOON) -> CreditUsage:
@@ -144,7 +145,7 @@ def test_it_reaps_expired_held_reservations_only(small):
 
 
 def test_it_starts_a_new_day_at_midnight_in_the_budget_time_zone(db):
-    la = CreditBudget.objects.create(name="la", daily_limit=D("10"), timezone="America/Los_Angeles")
+    la = make_budget(name="la", daily_limit=D("10"), timezone="America/Los_Angeles")
     tz = ZoneInfo("America/Los_Angeles")
     late = datetime(2026, 3, 1, 23, 30, tzinfo=tz)  # 07:30 UTC on March 2nd
     early = datetime(2026, 3, 2, 0, 30, tzinfo=tz)
@@ -156,7 +157,7 @@ def test_it_starts_a_new_day_at_midnight_in_the_budget_time_zone(db):
 
 
 def test_it_settles_against_the_day_that_reserved(db):
-    la = CreditBudget.objects.create(name="la", daily_limit=D("10"), timezone="America/Los_Angeles")
+    la = make_budget(name="la", daily_limit=D("10"), timezone="America/Los_Angeles")
     tz = ZoneInfo("America/Los_Angeles")
     r = svc.reserve(budget=la, amount=D("4"), now=datetime(2026, 3, 1, 23, 59, tzinfo=tz))
     svc.settle(reservation_id=r.pk, now=datetime(2026, 3, 2, 0, 1, tzinfo=tz))
@@ -229,14 +230,8 @@ def test_it_reads_the_remaining_credits_without_writing(small):
     assert svc.remaining(small, now=NOON) == D("13.5")
 
 
-def leads(n: int) -> list[int]:
-    from clayops.models import Lead
-
-    return [Lead.objects.create(row={"i": i}, fingerprint=f"bulk-{i}").pk for i in range(n)]
-
-
 def test_it_reserves_a_batch_only_as_far_as_the_budget_goes(small):
-    ids = leads(5)
+    ids = [lead.pk for lead in make_leads(5)]
     got = svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids, now=NOON)
     assert list(got) == ids[:3]  # 3 × 6 = 18 ≤ 20; the first leads of the list win
     assert totals(small) == (D("18"), D("0"))
@@ -247,7 +242,7 @@ def test_it_reserves_a_batch_only_as_far_as_the_budget_goes(small):
 
 
 def test_it_settles_and_releases_batches_once_each(small):
-    ids = leads(3)
+    ids = [lead.pk for lead in make_leads(3)]
     got = list(svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids, now=NOON).values())
     svc.release(reservation_id=got[0])  # the reaper took one while its request was out
     assert svc.settle_many(got, now=NOON) == 3  # the reaped one is charged too: Clay took the row
@@ -260,7 +255,7 @@ def test_it_settles_and_releases_batches_once_each(small):
 
 
 def test_it_alerts_when_a_batch_settlement_crosses_the_alert_share(small):
-    ids = leads(3)
+    ids = [lead.pk for lead in make_leads(3)]
     got = svc.reserve_many(budget=small, amount=D("6"), lead_ids=ids, now=NOON)
     svc.settle_many(got.values(), now=NOON)  # 18 of 20 = 90 % ≥ 80 %
     assert AuditEntry.objects.filter(action="budget_alert").count() == 1

@@ -17,8 +17,11 @@ import pytest
 from django.conf import settings
 
 from clayops import budget as svc
-from clayops.models import CreditBudget, CreditReservation, CreditUsage, Lead
+from clayops.models import CreditBudget, CreditReservation, CreditUsage
 from tests.conftest import child_env
+from tests.factories import make_budget, make_leads
+
+pytestmark = pytest.mark.slow  # every test starts a launcher process that forks eight racers
 
 RACER = """
 import json, multiprocessing, sys
@@ -109,7 +112,7 @@ def race(jobs: list[tuple], *, on_tick=None, timeout: float = 60) -> list[tuple[
 
 @pytest.fixture
 def race_budget(transactional_db) -> CreditBudget:
-    return CreditBudget.objects.create(name="race", daily_limit=Decimal("60"))
+    return make_budget(name="race", daily_limit=Decimal("60"))
 
 
 def test_it_never_reserves_past_the_limit_with_racing_processes(race_budget):
@@ -156,8 +159,7 @@ def test_it_settles_or_releases_each_reservation_exactly_once_across_processes(r
 
 
 def test_it_never_reserves_past_the_limit_with_racing_batch_reservations(race_budget):
-    leads = [Lead.objects.create(row={"i": i}, fingerprint=f"race-{i}") for i in range(80)]
-    ids = [lead.pk for lead in leads]
+    ids = [lead.pk for lead in make_leads(80)]
     seen = []
 
     def sample():

@@ -13,19 +13,13 @@ from django.utils import timezone
 
 from clayops import budget, callbacks
 from clayops.contract import CALLBACK_HEADER
-from clayops.models import AuditEntry, DeadLetter, EnrichmentCache, Lead
+from clayops.models import AuditEntry, EnrichmentCache, Lead
+from tests.factories import make_dead_letter, make_lead
 
 
 @pytest.fixture
 def lead(webhook):
-    return Lead.objects.create(
-        row={"email": "ann@acme.com"},
-        fingerprint="fp-ann",
-        email="ann@acme.com",
-        domain="acme.com",
-        state=Lead.State.ACCEPTED,
-        webhook=webhook,
-    )
+    return make_lead(webhook=webhook, state=Lead.State.ACCEPTED, email="ann@acme.com", domain="acme.com")
 
 
 def post(client, webhook, body, secret=None, raw=None):
@@ -98,7 +92,7 @@ def test_it_rejects_get_requests(client, webhook):
 
 def test_it_resolves_the_dlq_entry_of_a_lead_clay_enriched_after_all(client, webhook, lead):
     Lead.objects.filter(pk=lead.pk).update(state=Lead.State.DEAD)
-    entry = DeadLetter.objects.create(lead=lead, error="timeout", error_class="timeout")
+    entry = make_dead_letter(lead=lead, error="timeout", error_class="timeout")
 
     post(client, webhook, {"clayops_lead_id": lead.pk, "company_name": "Acme"})
 
@@ -133,14 +127,7 @@ def test_it_keeps_a_failed_enrichment_out_of_the_domain_cache(client, webhook, l
         fetched_at=fetched,
         expires_at=fetched + timedelta(days=1),
     )
-    other = Lead.objects.create(
-        row={"email": "bob@beta.com"},
-        fingerprint="fp-bob",
-        email="bob@beta.com",
-        domain="beta.com",
-        state=Lead.State.ACCEPTED,
-        webhook=webhook,
-    )
+    other = make_lead(webhook=webhook, state=Lead.State.ACCEPTED, email="bob@beta.com", domain="beta.com")
 
     for one in (lead, other):
         response = post(

@@ -11,27 +11,10 @@ from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
-from clayops.models import Attempt, AuditEntry, DeadLetter, Lead
+from clayops.models import Attempt, AuditEntry, Lead
+from tests.factories import make_dead_letter
 
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-def dead(webhook, i, *, error_class="server_error", created_at=None, **kw):
-    lead = Lead.objects.create(
-        row={"email": f"d{i}@x.com", "note": f"row {i}"},
-        fingerprint=f"dead-{i}",
-        email=f"d{i}@x.com",
-        state=Lead.State.DEAD,
-        webhook=webhook,
-    )
-    return DeadLetter.objects.create(
-        lead=lead,
-        webhook=webhook,
-        error=f"HTTP 500 #{i}",
-        error_class=error_class,
-        created_at=created_at or timezone.now(),
-        **kw,
-    )
 
 
 def rows(html):
@@ -54,10 +37,10 @@ def test_it_redirects_anonymous_to_login(client, url):
 
 
 def test_it_lists_pending_entries_with_groups(client, url, viewer, webhook):
-    dead(webhook, 1, error_class="server_error")
-    dead(webhook, 2, error_class="server_error")
-    dead(webhook, 3, error_class="payload_too_large")
-    dead(webhook, 4, state="discarded")
+    make_dead_letter(1, webhook=webhook, error_class="server_error")
+    make_dead_letter(2, webhook=webhook, error_class="server_error")
+    make_dead_letter(3, webhook=webhook, error_class="payload_too_large")
+    make_dead_letter(4, webhook=webhook, state="discarded")
     client.force_login(viewer)
     html = client.get(url).content.decode()
     assert "d1@x.com" in html and "d3@x.com" in html and "d4@x.com" not in html
@@ -67,9 +50,9 @@ def test_it_lists_pending_entries_with_groups(client, url, viewer, webhook):
 
 def test_it_filters_by_error_class_webhook_and_date(client, url, viewer, webhook):
     old = timezone.now() - timedelta(days=3)
-    dead(webhook, 1, error_class="server_error")
-    dead(webhook, 2, error_class="timeout")
-    dead(webhook, 3, error_class="server_error", created_at=old)
+    make_dead_letter(1, webhook=webhook, error_class="server_error")
+    make_dead_letter(2, webhook=webhook, error_class="timeout")
+    make_dead_letter(3, webhook=webhook, error_class="server_error", created_at=old)
     client.force_login(viewer)
     today = timezone.localdate().isoformat()
     html = client.get(
@@ -82,7 +65,7 @@ def test_it_filters_by_error_class_webhook_and_date(client, url, viewer, webhook
 
 def test_it_paginates_by_created_at_and_id(client, url, viewer, webhook):
     at = timezone.now()
-    entries = [dead(webhook, i, created_at=at) for i in range(3)]  # same timestamp: the id breaks ties
+    entries = [make_dead_letter(i, webhook=webhook, created_at=at) for i in range(3)]  # the id breaks ties
     client.force_login(viewer)
     first = client.get(url, {"size": 2}).content.decode()
     assert "d2@x.com" in first and "d1@x.com" in first and "d0@x.com" not in first
@@ -94,28 +77,28 @@ def test_it_paginates_by_created_at_and_id(client, url, viewer, webhook):
 
 
 def test_it_returns_the_results_partial_for_htmx(client, url, viewer, webhook):
-    dead(webhook, 1)
+    make_dead_letter(1, webhook=webhook)
     client.force_login(viewer)
     html = client.get(url, {"error_class": "server_error"}, **HX).content.decode()
     assert "<html" not in html and html.strip().startswith('<div id="dlq-results"')
 
 
 def test_it_shows_no_checkboxes_or_buttons_to_viewers(client, url, viewer, webhook):
-    dead(webhook, 1)
+    make_dead_letter(1, webhook=webhook)
     client.force_login(viewer)
     html = client.get(url).content.decode()
     assert 'name="ids"' not in html and "Retry selected" not in html and "Drain" not in html
 
 
 def test_it_shows_checkboxes_and_buttons_to_operators(client, url, operator, webhook):
-    entry = dead(webhook, 1)
+    entry = make_dead_letter(1, webhook=webhook)
     client.force_login(operator)
     html = client.get(url).content.decode()
     assert f'name="ids" value="{entry.pk}"' in html and "Retry selected" in html and "Drain" in html
 
 
 def test_it_retries_checked_entries_and_returns_the_table(client, operator, webhook):
-    a, b, c = dead(webhook, 1), dead(webhook, 2), dead(webhook, 3)
+    a, b, c = (make_dead_letter(i, webhook=webhook) for i in (1, 2, 3))
     client.force_login(operator)
     r = client.post(reverse("dashboard:dlq_retry"), {"ids": [a.pk, b.pk]}, **HX)
     assert r.status_code == 200
@@ -133,8 +116,8 @@ def test_it_retries_checked_entries_and_returns_the_table(client, operator, webh
 
 
 def test_it_discards_checked_entries_keeping_the_filters(client, operator, webhook):
-    a = dead(webhook, 1, error_class="bad_request")
-    dead(webhook, 2, error_class="server_error")
+    a = make_dead_letter(1, webhook=webhook, error_class="bad_request")
+    make_dead_letter(2, webhook=webhook, error_class="server_error")
     client.force_login(operator)
     r = client.post(reverse("dashboard:dlq_discard"), {"ids": [a.pk], "error_class": "bad_request"}, **HX)
     html = r.content.decode()
@@ -145,7 +128,7 @@ def test_it_discards_checked_entries_keeping_the_filters(client, operator, webho
 
 
 def test_it_redirects_after_an_action_without_htmx(client, operator, webhook):
-    a, b = dead(webhook, 1), dead(webhook, 2)
+    a, b = make_dead_letter(1, webhook=webhook), make_dead_letter(2, webhook=webhook)
     client.force_login(operator)
     r = client.post(
         reverse("dashboard:dlq_retry"), {"only": a.pk, "next": reverse("dashboard:dlq_entry", args=[a.pk])}
@@ -168,7 +151,7 @@ def test_it_redirects_after_an_action_without_htmx(client, operator, webhook):
     [("dashboard:dlq_retry", "retrying", "queued"), ("dashboard:dlq_discard", "discarded", "discarded")],
 )
 def test_it_touches_only_the_entry_of_a_per_row_button(client, operator, webhook, action, state, lead_state):
-    a, b, c = dead(webhook, 1), dead(webhook, 2), dead(webhook, 3)
+    a, b, c = (make_dead_letter(i, webhook=webhook) for i in (1, 2, 3))
     client.force_login(operator)
     # The row's button names its entry in `only`; boxes checked elsewhere on the page do not count.
     r = client.post(reverse(action), {"only": b.pk, "ids": [a.pk, c.pk]}, **HX)
@@ -182,7 +165,7 @@ def test_it_touches_only_the_entry_of_a_per_row_button(client, operator, webhook
 
 
 def test_it_says_so_when_nothing_is_selected(client, operator, webhook):
-    dead(webhook, 1)
+    make_dead_letter(1, webhook=webhook)
     client.force_login(operator)
     html = client.post(reverse("dashboard:dlq_retry"), {}, **HX).content.decode()
     assert "Select at least one entry first." in html
@@ -194,8 +177,8 @@ def test_it_previews_a_drain_with_count_rate_and_cost(client, operator, webhook,
     webhook.credits_per_row = Decimal("6")
     webhook.save()
     for i in range(3):
-        dead(webhook, i, error_class="server_error")
-    dead(webhook, 9, error_class="timeout")
+        make_dead_letter(i, webhook=webhook, error_class="server_error")
+    make_dead_letter(9, webhook=webhook, error_class="timeout")
     client.force_login(operator)
     r = client.get(reverse("dashboard:dlq_drain_preview"), {"error_class": "server_error"}, **HX)
     html = r.content.decode()
@@ -209,7 +192,7 @@ def test_it_previews_a_drain_with_count_rate_and_cost(client, operator, webhook,
 def test_it_drains_after_confirmation(client, operator, webhook, settings):
     settings.CLAYOPS_DRAIN_RATE = 2.0
     settings.CLAYOPS_TICK_SECONDS = 1
-    entries = [dead(webhook, i) for i in range(3)]
+    entries = [make_dead_letter(i, webhook=webhook) for i in range(3)]
     client.force_login(operator)
     before = timezone.now()
     r = client.post(reverse("dashboard:dlq_drain"), {"webhook": webhook.pk}, **HX)
@@ -231,7 +214,7 @@ def test_it_drains_after_confirmation(client, operator, webhook, settings):
 
 
 def test_it_shows_the_entry_with_attempts_and_payload(client, viewer, webhook):
-    entry = dead(webhook, 1, status_code=500)
+    entry = make_dead_letter(1, webhook=webhook, status_code=500)
     Attempt.objects.create(
         lead=entry.lead,
         webhook=webhook,
@@ -249,9 +232,9 @@ def test_it_shows_the_entry_with_attempts_and_payload(client, viewer, webhook):
 
 
 def test_it_counts_unfinished_entries_by_state(client, url, viewer, webhook):
-    dead(webhook, 1)
-    dead(webhook, 2, state="exhausted")
-    dead(webhook, 3, state="exhausted")
+    make_dead_letter(1, webhook=webhook)
+    make_dead_letter(2, webhook=webhook, state="exhausted")
+    make_dead_letter(3, webhook=webhook, state="exhausted")
     client.force_login(viewer)
     html = client.get(url).content.decode()
     assert "exhausted 2</a>" in html and "pending 1</a>" in html
@@ -260,7 +243,7 @@ def test_it_counts_unfinished_entries_by_state(client, url, viewer, webhook):
 
 
 def test_it_serves_the_drain_confirmation_as_a_page_that_posts_without_htmx(client, operator, webhook):
-    dead(webhook, 1)
+    make_dead_letter(1, webhook=webhook)
     client.force_login(operator)
     html = client.get(reverse("dashboard:dlq_drain_preview")).content.decode()
     assert "<html" in html and "Drain 1 pending entry?" in html
@@ -268,10 +251,10 @@ def test_it_serves_the_drain_confirmation_as_a_page_that_posts_without_htmx(clie
 
 
 def test_it_keeps_an_error_class_newer_than_the_cached_list(client, operator, webhook):
-    dead(webhook, 1, error_class="server_error")
+    make_dead_letter(1, webhook=webhook, error_class="server_error")
     client.force_login(operator)
     client.get(reverse("dashboard:dlq"))  # caches the list of classes
-    dead(webhook, 2, error_class="brand_new")
+    make_dead_letter(2, webhook=webhook, error_class="brand_new")
     html = client.get(
         reverse("dashboard:dlq_drain_preview"), {"error_class": "brand_new"}, **HX
     ).content.decode()
@@ -284,8 +267,8 @@ def test_it_renders_the_overview_without_webhooks(client, viewer):
 
 
 def test_it_shows_new_counts_right_after_an_operators_action(client, url, operator, webhook):
-    a = dead(webhook, 1)
-    dead(webhook, 2)
+    a = make_dead_letter(1, webhook=webhook)
+    make_dead_letter(2, webhook=webhook)
     client.force_login(operator)
     assert "<span>server_error</span> <strong>2</strong>" in client.get(url).content.decode()  # now cached
 

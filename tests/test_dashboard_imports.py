@@ -8,6 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from clayops.models import AuditEntry, ImportRowError, Lead, LeadImport
+from tests.factories import make_lead_import
 
 HX = {"HTTP_HX_REQUEST": "true"}
 CSV = b"email,company\nann@acme.com,Acme\nnot-an-email,\nann@acme.com,Acme\nbob@beta.io,Beta\n"
@@ -113,17 +114,17 @@ def test_it_shows_progress_then_stops_polling_with_286(
 
 
 def test_it_renders_the_whole_import_page_without_htmx(client, viewer):
-    imp = LeadImport.objects.create(filename="x.csv", state="done")
+    imp = make_lead_import(filename="x.csv")
     client.force_login(viewer)
     r = client.get(reverse("dashboard:import_detail", args=[imp.pk]))
     assert r.status_code == 200 and "<html" in r.content.decode()
 
 
 def test_it_lists_imports_and_polls_only_while_one_runs(client, viewer):
-    LeadImport.objects.create(filename="old.csv", state="done")
+    make_lead_import(filename="old.csv")
     client.force_login(viewer)
     html = client.get(reverse("dashboard:imports"), **HX).content.decode()
     assert "old.csv" in html and "every 2s" not in html
-    LeadImport.objects.create(filename="new.csv", state="running", size_bytes=100, bytes_read=40)
+    make_lead_import(filename="new.csv", state="running", size_bytes=100, bytes_read=40)
     html = client.get(reverse("dashboard:imports"), **HX).content.decode()
     assert "every 2s" in html and 'value="40"' in html

@@ -5,22 +5,10 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from clayops.models import Attempt, Lead, LeadImport
+from clayops.models import Attempt, Lead
+from tests.factories import make_lead, make_lead_import
 
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-def lead(i, webhook=None, **kw):
-    kw.setdefault("state", Lead.State.QUEUED)
-    return Lead.objects.create(
-        row={"email": f"p{i}@acme{i}.com", "first_name": f"P{i}"},
-        fingerprint=f"fp-{i}",
-        email=f"p{i}@acme{i}.com",
-        domain=f"acme{i}.com",
-        company=f"Acme {i} Inc",
-        webhook=webhook,
-        **kw,
-    )
 
 
 @pytest.fixture
@@ -33,7 +21,7 @@ def test_it_redirects_anonymous_to_login(client, url):
 
 
 def test_it_lists_leads_newest_first(client, url, viewer, webhook):
-    a, b = lead(1, webhook), lead(2, webhook)
+    a, b = make_lead(1, webhook=webhook), make_lead(2, webhook=webhook)
     client.force_login(viewer)
     html = client.get(url).content.decode()
     assert html.index(b.email) < html.index(a.email)
@@ -51,7 +39,7 @@ def test_it_lists_leads_newest_first(client, url, viewer, webhook):
 )
 def test_it_searches_email_domain_and_company(client, url, viewer, q, found):
     for i in (1, 2, 3):
-        lead(i)
+        make_lead(i)
     client.force_login(viewer)
     html = client.get(url, {"q": q}).content.decode()
     assert found in html
@@ -60,24 +48,24 @@ def test_it_searches_email_domain_and_company(client, url, viewer, q, found):
 
 
 def test_it_filters_by_state_webhook_and_import(client, url, viewer, webhook):
-    imp = LeadImport.objects.create(filename="a.csv", state="done")
-    lead(1, webhook, state=Lead.State.DEAD, lead_import=imp)
-    lead(2, webhook, state=Lead.State.QUEUED, lead_import=imp)
-    lead(3, None, state=Lead.State.DEAD)
+    imp = make_lead_import(filename="a.csv")
+    make_lead(1, webhook=webhook, state=Lead.State.DEAD, lead_import=imp)
+    make_lead(2, webhook=webhook, state=Lead.State.QUEUED, lead_import=imp)
+    make_lead(3, state=Lead.State.DEAD)
     client.force_login(viewer)
     html = client.get(url, {"state": "dead", "webhook": webhook.pk, "lead_import": imp.pk}).content.decode()
     assert "p1@" in html and "p2@" not in html and "p3@" not in html
 
 
 def test_it_ignores_bad_filter_values(client, url, viewer):
-    lead(1)
+    make_lead(1)
     client.force_login(viewer)
     r = client.get(url, {"state": "nonsense", "webhook": "x", "lead_import": "-3", "cursor": "zz"})
     assert r.status_code == 200 and "p1@" in r.content.decode()
 
 
 def test_it_paginates_by_keyset(client, url, viewer):
-    leads = [lead(i) for i in range(5)]
+    leads = [make_lead(i) for i in range(5)]
     client.force_login(viewer)
     r = client.get(url, {"size": 2})
     html = r.content.decode()
@@ -90,7 +78,7 @@ def test_it_paginates_by_keyset(client, url, viewer):
 
 
 def test_it_does_not_count_the_table(client, url, viewer):
-    lead(1)
+    make_lead(1)
     client.force_login(viewer)
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -102,14 +90,14 @@ def test_it_does_not_count_the_table(client, url, viewer):
 
 
 def test_it_returns_the_results_partial_for_htmx(client, url, viewer):
-    lead(1)
+    make_lead(1)
     client.force_login(viewer)
     html = client.get(url, {"q": "p1"}, **HX).content.decode()
     assert "<html" not in html and html.strip().startswith('<section id="results"')
 
 
 def test_it_shows_the_lead_detail_with_payload_enriched_served_and_attempts(client, viewer, webhook):
-    one = lead(1, webhook, state=Lead.State.SERVED_CACHE)
+    one = make_lead(1, webhook=webhook, state=Lead.State.SERVED_CACHE)
     Lead.objects.filter(pk=one.pk).update(
         enriched={"employees": 1234}, served={"industry": "Anvils", "source": "cache"}
     )
@@ -135,7 +123,7 @@ def test_it_pages_a_state_by_the_time_leads_entered_it(client, url, viewer):
     from django.utils import timezone
 
     now = timezone.now()
-    leads = [lead(i, state=Lead.State.DEAD) for i in range(3)]
+    leads = [make_lead(i, state=Lead.State.DEAD) for i in range(3)]
     for i, one in enumerate(leads):  # the oldest lead died last
         Lead.objects.filter(pk=one.pk).update(state_changed_at=now - timedelta(minutes=i))
     client.force_login(viewer)

@@ -19,6 +19,7 @@ from clayops.models import (
     CreditReservation,
     Lead,
 )
+from tests.factories import make_lead
 
 HX = {"HTTP_HX_REQUEST": "true"}
 
@@ -31,16 +32,6 @@ def _fresh_cache():
 @pytest.fixture
 def url():
     return reverse("dashboard:overview")
-
-
-def make_lead(webhook, i, state):
-    return Lead.objects.create(
-        row={"email": f"l{i}@acme.com"},
-        fingerprint=f"fp-{i}",
-        email=f"l{i}@acme.com",
-        state=state,
-        webhook=webhook,
-    )
 
 
 def test_it_redirects_anonymous_to_login(client, url, webhook):
@@ -79,9 +70,9 @@ def test_it_shows_health_sparkline_budget_depths_and_throughput(client, url, vie
     health.record(webhook.pk, ok=True, latency_ms=100, at=now - timedelta(minutes=1))
     health.record(webhook.pk, ok=True, latency_ms=120, at=now)
     health.record(webhook.pk, ok=False, latency_ms=300, at=now)
-    make_lead(webhook, 1, Lead.State.QUEUED)
-    make_lead(webhook, 2, Lead.State.QUEUED)
-    lead = make_lead(webhook, 3, Lead.State.DEAD)
+    make_lead(1, webhook=webhook, state=Lead.State.QUEUED)
+    make_lead(2, webhook=webhook, state=Lead.State.QUEUED)
+    lead = make_lead(3, webhook=webhook, state=Lead.State.DEAD)
     Attempt.objects.create(lead=lead, webhook=webhook, outcome="accepted", started_at=now)
     usage = budget.usage_for(webhook.workspace.budget, now=now)
     usage.spent = Decimal("300")
@@ -163,7 +154,7 @@ def test_it_resets_the_breaker(client, operator, webhook):
 
 
 def test_it_drains_the_offline_queue_of_a_webhook(client, operator, webhook):
-    lead = make_lead(webhook, 1, Lead.State.DEFERRED)
+    lead = make_lead(1, webhook=webhook, state=Lead.State.DEFERRED)
     Lead.objects.filter(pk=lead.pk).update(next_attempt_at=timezone.now() + timedelta(hours=1))
     client.force_login(operator)
     r = client.post(reverse("dashboard:offline_drain", args=[webhook.pk]), **HX)

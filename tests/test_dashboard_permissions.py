@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import reverse
 
 from clayops.models import AuditEntry, CircuitBreaker
+from tests.factories import make_user
 
 PAGES = ["overview", "leads", "imports", "dlq", "audit", "dlq_drain_preview"]
 GLOBAL_ACTIONS = ["import_upload", "dlq_retry", "dlq_discard", "dlq_drain"]
@@ -72,10 +73,10 @@ def test_it_sends_the_csrf_token_with_every_htmx_request(client, operator):
     assert 'hx-headers=\'{"X-CSRFToken": "' in html
 
 
-def test_it_shows_the_admin_link_to_staff_only(client, viewer, django_user_model):
+def test_it_shows_the_admin_link_to_staff_only(client, viewer):
     client.force_login(viewer)
     assert 'href="/admin/"' not in client.get(reverse("dashboard:overview")).content.decode()
-    staff = django_user_model.objects.create_user("sam", password="x", is_staff=True, is_superuser=True)
+    staff = make_user("sam", password="x", is_staff=True, is_superuser=True)
     client.force_login(staff)
     assert 'href="/admin/"' in client.get(reverse("dashboard:overview")).content.decode()
 

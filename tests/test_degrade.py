@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from clayops.degrade import company_from_domain, lead_data
 from clayops.models import EnrichmentCache, Lead
+from tests.factories import make_lead
 
 
 @pytest.mark.parametrize(
@@ -22,9 +23,7 @@ def test_it_guesses_a_company_name_from_the_domain(domain, name):
 
 @pytest.fixture
 def deferred(webhook):
-    return Lead.objects.create(
-        row={}, fingerprint="fp-d", domain="acme.com", state=Lead.State.DEFERRED, webhook=webhook
-    )
+    return make_lead(webhook=webhook, state=Lead.State.DEFERRED, domain="acme.com")
 
 
 def test_it_serves_the_cache_by_domain_and_keeps_the_lead_in_the_offline_queue(deferred):

@@ -24,6 +24,7 @@ from clayops.models import (
     Lead,
     Webhook,
 )
+from tests.factories import make_lead, make_leads, make_webhook
 
 S = Lead.State
 
@@ -35,22 +36,6 @@ def _inline(settings):
     settings.CLAYOPS_MAX_ATTEMPTS = 3
 
 
-def make_leads(webhook, n=1, **extra):
-    leads = []
-    for i in range(n):
-        leads.append(
-            Lead.objects.create(
-                row={"email": f"p{i}@acme{i}.com", "domain": f"acme{i}.com", "first_name": "Pat"},
-                fingerprint=f"fp-{webhook.pk}-{i}-{extra.get('tag', '')}",
-                email=f"p{i}@acme{i}.com",
-                domain=f"acme{i}.com",
-                state=S.QUEUED,
-                webhook=webhook,
-            )
-        )
-    return leads
-
-
 def usage(webhook):
     return budget.usage_for(webhook.workspace.budget)
 
@@ -58,7 +43,7 @@ def usage(webhook):
 @respx.mock
 def test_it_sends_the_row_with_lead_id_and_token_then_settles_credits(webhook):
     route = respx.post(webhook.url).mock(return_value=httpx.Response(200, json={"status": "ok"}))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
 
     assert delivery.submit_batch([lead.pk]) == {"accepted": 1}
 
@@ -78,7 +63,7 @@ def test_it_sends_the_row_with_lead_id_and_token_then_settles_credits(webhook):
 @respx.mock
 def test_it_never_sends_a_lead_twice_when_the_job_runs_again(webhook):
     route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
-    leads = make_leads(webhook, 3)
+    leads = make_leads(3, webhook=webhook)
     ids = [lead.pk for lead in leads]
 
     delivery.submit_batch(ids)
@@ -91,7 +76,7 @@ def test_it_never_sends_a_lead_twice_when_the_job_runs_again(webhook):
 @respx.mock
 def test_it_schedules_a_retry_with_backoff_on_5xx_and_releases_credits(webhook):
     respx.post(webhook.url).mock(return_value=httpx.Response(503))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
 
     delivery.submit_batch([lead.pk])
 
@@ -109,7 +94,7 @@ def test_it_schedules_a_retry_with_backoff_on_5xx_and_releases_credits(webhook):
 def test_it_moves_a_lead_to_the_dlq_when_transient_retries_end(webhook, settings):
     settings.CLAYOPS_DLQ_RETRY_DELAY_SECONDS = 90
     respx.post(webhook.url).mock(return_value=httpx.Response(500))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
     for _ in range(3):
         Lead.objects.filter(pk=lead.pk).update(state=S.QUEUED)  # as the maintenance tick would
         before = timezone.now()
@@ -129,7 +114,7 @@ def test_it_moves_a_lead_to_the_dlq_when_transient_retries_end(webhook, settings
 @respx.mock
 def test_it_sends_permanent_errors_straight_to_the_dlq_without_retry(webhook):
     respx.post(webhook.url).mock(return_value=httpx.Response(422, text="bad json"))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
 
     delivery.submit_batch([lead.pk])
 
@@ -142,9 +127,9 @@ def test_it_sends_permanent_errors_straight_to_the_dlq_without_retry(webhook):
 
 @respx.mock
 def test_it_pauses_every_webhook_of_the_workspace_on_429_retry_after(webhook):
-    other = Webhook.objects.create(workspace=webhook.workspace, name="other", url="http://127.0.0.1:9/other")
+    other = make_webhook(workspace=webhook.workspace, name="other")
     respx.post(webhook.url).mock(return_value=httpx.Response(429, headers={"Retry-After": "7"}))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
     before = timezone.now()
 
     delivery.submit_batch([lead.pk])
@@ -157,7 +142,7 @@ def test_it_pauses_every_webhook_of_the_workspace_on_429_retry_after(webhook):
     assert CircuitBreaker.objects.get(webhook=webhook).consecutive_failures == 0
     assert not HealthSample.objects.filter(webhook=webhook, failures__gt=0).exists()
     # While paused, the next lead waits without a request.
-    (second,) = make_leads(webhook, tag="b")
+    second = make_lead(1, webhook=webhook)
     assert delivery.submit_batch([second.pk]) == {"deferred": 1}
     assert respx.calls.call_count == 1
 
@@ -166,7 +151,7 @@ def test_it_pauses_every_webhook_of_the_workspace_on_429_retry_after(webhook):
 @respx.mock
 def test_it_pauses_one_second_for_retry_after_zero_and_five_for_garbage(webhook, header, low, high):
     respx.post(webhook.url).mock(return_value=httpx.Response(429, headers={"Retry-After": header}))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
     before = timezone.now()
 
     delivery.submit_batch([lead.pk])
@@ -178,7 +163,7 @@ def test_it_pauses_one_second_for_retry_after_zero_and_five_for_garbage(webhook,
 @respx.mock
 def test_it_keeps_an_uncertain_send_until_the_grace_period_passes(webhook, settings):
     respx.post(webhook.url).mock(side_effect=httpx.ReadTimeout("no answer"))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
 
     delivery.submit_batch([lead.pk])
 
@@ -199,7 +184,7 @@ def test_it_keeps_an_uncertain_send_until_the_grace_period_passes(webhook, setti
 def test_it_defers_without_calling_clay_while_the_breaker_is_open(webhook):
     route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
     breaker.force_open(webhook.pk, reason="test")
-    leads = make_leads(webhook, 2)
+    leads = make_leads(2, webhook=webhook)
 
     delivery.submit_batch([lead.pk for lead in leads])
 
@@ -214,7 +199,7 @@ def test_it_defers_leads_past_the_budget_and_resumes_them_when_the_limit_rises(w
     credit_budget = webhook.workspace.budget
     credit_budget.daily_limit = Decimal("60")
     credit_budget.save()
-    leads = make_leads(webhook, 12)
+    leads = make_leads(12, webhook=webhook)
 
     delivery.submit_batch([lead.pk for lead in leads])
 
@@ -230,15 +215,10 @@ def test_it_defers_leads_past_the_budget_and_resumes_them_when_the_limit_rises(w
 
 @respx.mock
 def test_it_fails_over_when_clay_says_the_webhook_is_gone(webhook):
-    backup = Webhook.objects.create(
-        workspace=webhook.workspace,
-        name="backup",
-        priority=200,
-        url="http://127.0.0.1:9/v3/sources/webhook/t_backup",
-    )
+    backup = make_webhook(workspace=webhook.workspace, name="backup", priority=200)
     respx.post(webhook.url).mock(return_value=httpx.Response(404, text="not found"))
     ok = respx.post(backup.url).mock(return_value=httpx.Response(200))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
 
     delivery.submit_batch([lead.pk])
     webhook.refresh_from_db()
@@ -253,15 +233,10 @@ def test_it_fails_over_when_clay_says_the_webhook_is_gone(webhook):
 @respx.mock
 def test_it_marks_a_webhook_full_at_its_row_cap_and_uses_the_next(webhook):
     Webhook.objects.filter(pk=webhook.pk).update(row_cap=1)
-    backup = Webhook.objects.create(
-        workspace=webhook.workspace,
-        name="backup",
-        priority=200,
-        url="http://127.0.0.1:9/v3/sources/webhook/t_backup",
-    )
+    backup = make_webhook(workspace=webhook.workspace, name="backup", priority=200)
     first = respx.post(webhook.url).mock(return_value=httpx.Response(200))
     second = respx.post(backup.url).mock(return_value=httpx.Response(200))
-    leads = make_leads(webhook, 2)
+    leads = make_leads(2, webhook=webhook)
 
     delivery.submit_batch([lead.pk for lead in leads])
     delivery.submit_batch([lead.pk for lead in leads])
@@ -275,7 +250,7 @@ def test_it_marks_a_webhook_full_at_its_row_cap_and_uses_the_next(webhook):
 @respx.mock
 def test_it_pauses_spending_for_the_workspace_on_402(webhook):
     respx.post(webhook.url).mock(return_value=httpx.Response(402, text="out of credits"))
-    (lead,) = make_leads(webhook)
+    lead = make_lead(0, webhook=webhook)
 
     delivery.submit_batch([lead.pk])
 
@@ -290,7 +265,7 @@ def test_it_pauses_spending_for_the_workspace_on_402(webhook):
 def test_it_sends_batches_as_one_json_array_in_batch_mode(webhook):
     Webhook.objects.filter(pk=webhook.pk).update(batch_size=3)
     route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
-    leads = make_leads(webhook, 5)
+    leads = make_leads(5, webhook=webhook)
 
     delivery.submit_batch([lead.pk for lead in leads])
 
@@ -303,7 +278,7 @@ def test_it_sends_batches_as_one_json_array_in_batch_mode(webhook):
 
 
 def test_it_recovers_leads_a_dead_worker_left_in_submitting(webhook, settings):
-    never_sent, sent = make_leads(webhook, 2)
+    never_sent, sent = make_leads(2, webhook=webhook)
     old = timezone.now() - timedelta(seconds=settings.CLAYOPS_STUCK_SUBMITTING_SECONDS + 5)
     Lead.objects.filter(pk=never_sent.pk).update(state=S.SUBMITTING, state_changed_at=old, claim_token="t1")
     Lead.objects.filter(pk=sent.pk).update(
@@ -334,7 +309,7 @@ def test_it_sends_a_job_concurrently_and_books_every_lead_once(webhook, settings
         return httpx.Response(200)
 
     route = respx.post(webhook.url).mock(side_effect=clay)
-    leads = make_leads(webhook, 30)
+    leads = make_leads(30, webhook=webhook)
 
     assert delivery.submit_batch([lead.pk for lead in leads]) == {"accepted": 30}
 
@@ -353,7 +328,7 @@ def test_it_sends_a_job_concurrently_and_books_every_lead_once(webhook, settings
 @respx.mock
 def test_it_stops_sending_the_rest_of_a_job_once_the_breaker_opens(webhook):
     route = respx.post(webhook.url).mock(return_value=httpx.Response(503))
-    leads = make_leads(webhook, 10)
+    leads = make_leads(10, webhook=webhook)
     ids = [lead.pk for lead in leads]
 
     counts = delivery.submit_batch(ids)
@@ -381,7 +356,7 @@ def test_it_takes_a_rate_token_for_each_request_just_before_sending(webhook, set
     route = respx.post(webhook.url).mock(
         side_effect=lambda request: seen.append(time.monotonic()) or httpx.Response(200)
     )
-    leads = make_leads(webhook, 6)
+    leads = make_leads(6, webhook=webhook)
 
     assert delivery.submit_batch([lead.pk for lead in leads]) == {"accepted": 6}
 
@@ -392,7 +367,7 @@ def test_it_takes_a_rate_token_for_each_request_just_before_sending(webhook, set
 
 @respx.mock
 def test_it_never_sends_leads_the_stuck_lead_reaper_took_back_while_the_job_was_slow(webhook):
-    leads = make_leads(webhook, 4)
+    leads = make_leads(4, webhook=webhook)
     later = timezone.now() + timedelta(hours=1)
 
     def clay(request):
@@ -415,12 +390,10 @@ def test_it_never_sends_leads_the_stuck_lead_reaper_took_back_while_the_job_was_
 @respx.mock
 def test_it_fills_a_webhook_to_its_row_cap_exactly_and_fails_the_rest_of_the_job_over(webhook):
     Webhook.objects.filter(pk=webhook.pk).update(row_cap=3)
-    backup = Webhook.objects.create(
-        workspace=webhook.workspace, name="backup", priority=200, url="http://127.0.0.1:9/v3/t_backup"
-    )
+    backup = make_webhook(workspace=webhook.workspace, name="backup", priority=200)
     first = respx.post(webhook.url).mock(return_value=httpx.Response(200))
     second = respx.post(backup.url).mock(return_value=httpx.Response(200))
-    ids = [lead.pk for lead in make_leads(webhook, 5)]
+    ids = [lead.pk for lead in make_leads(5, webhook=webhook)]
 
     assert delivery.submit_batch(ids) == {"accepted": 3, "failover": 2}
     assert delivery.submit_batch(ids) == {"accepted": 2}

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from clayops import breaker, delivery, dlq
 from clayops.models import AuditEntry, DeadLetter, Lead
+from tests.factories import make_dead_letter, make_dead_letters
 
 S = Lead.State
 
@@ -20,25 +21,6 @@ S = Lead.State
 @pytest.fixture(autouse=True)
 def _inline(settings):
     settings.CLAYOPS_SEND_CONCURRENCY = 1
-
-
-def dead_leads(webhook, n, *, error_class="server_error", **entry):
-    entries = []
-    for i in range(n):
-        lead = Lead.objects.create(
-            row={"email": f"d{i}@x.com"},
-            fingerprint=f"dead-{i}",
-            email=f"d{i}@x.com",
-            state=S.DEAD,
-            webhook=webhook,
-            attempt_count=5,
-        )
-        entries.append(
-            DeadLetter.objects.create(
-                lead=lead, webhook=webhook, error="HTTP 500", error_class=error_class, **entry
-            )
-        )
-    return entries
 
 
 def submit_queue_lead_ids():
@@ -49,7 +31,7 @@ def submit_queue_lead_ids():
 def test_it_retries_entries_by_queueing_their_leads_and_audits(
     webhook, operator, django_capture_on_commit_callbacks
 ):
-    entries = dead_leads(webhook, 2)
+    entries = make_dead_letters(2, webhook=webhook, attempt_count=5)
 
     with django_capture_on_commit_callbacks(execute=True):
         assert dlq.retry_entries(entry_ids=[e.pk for e in entries], by=operator) == 2
@@ -66,7 +48,7 @@ def test_it_retries_entries_by_queueing_their_leads_and_audits(
 @respx.mock
 def test_it_sends_a_retried_entry_through_the_breaker_not_around_it(webhook, operator):
     route = respx.post(webhook.url).mock(return_value=httpx.Response(200))
-    (entry,) = dead_leads(webhook, 1)
+    entry = make_dead_letter(webhook=webhook, attempt_count=5)
     breaker.force_open(webhook.pk, reason="Clay is down")
 
     dlq.retry_entries(entry_ids=[entry.pk], by=operator)
@@ -82,7 +64,7 @@ def test_it_sends_a_retried_entry_through_the_budget_not_around_it(webhook, oper
     credit_budget = webhook.workspace.budget
     credit_budget.daily_limit = Decimal("6")
     credit_budget.save()
-    entries = dead_leads(webhook, 2)
+    entries = make_dead_letters(2, webhook=webhook, attempt_count=5)
 
     dlq.retry_entries(entry_ids=[e.pk for e in entries], by=operator)
     delivery.submit_batch([e.lead_id for e in entries])
@@ -95,7 +77,7 @@ def test_it_sends_a_retried_entry_through_the_budget_not_around_it(webhook, oper
 
 
 def test_it_discards_entries_and_their_leads(webhook, operator):
-    entries = dead_leads(webhook, 2)
+    entries = make_dead_letters(2, webhook=webhook, attempt_count=5)
 
     assert dlq.discard_entries(entry_ids=[entries[0].pk], by=operator) == 1
 
@@ -109,7 +91,7 @@ def test_it_discards_entries_and_their_leads(webhook, operator):
 def test_it_drains_at_a_bounded_rate(webhook, operator, settings):
     settings.CLAYOPS_DRAIN_RATE = 1.0
     settings.CLAYOPS_TICK_SECONDS = 5
-    dead_leads(webhook, 12, max_retries=0)
+    make_dead_letters(12, webhook=webhook, attempt_count=5, max_retries=0)
 
     preview = dlq.drain_preview()
     assert preview["count"] == 12 and preview["credits"] == Decimal("72") and preview["eta_seconds"] == 12
@@ -124,7 +106,9 @@ def test_it_drains_at_a_bounded_rate(webhook, operator, settings):
 
 
 def test_it_retries_due_entries_automatically_until_exhausted(webhook):
-    (entry,) = dead_leads(webhook, 1, max_retries=1, next_retry_at=timezone.now() - timedelta(seconds=1))
+    entry = make_dead_letter(
+        webhook=webhook, attempt_count=5, max_retries=1, next_retry_at=timezone.now() - timedelta(seconds=1)
+    )
 
     assert dlq.retry_due() == 1
     entry.refresh_from_db()
@@ -147,7 +131,7 @@ def test_it_retries_due_entries_automatically_until_exhausted(webhook):
 
 
 def test_it_does_not_retry_permanent_failures_automatically(webhook):
-    (entry,) = dead_leads(webhook, 1, error_class="invalid_payload")
+    entry = make_dead_letter(webhook=webhook, attempt_count=5, error_class="invalid_payload")
     assert dlq.retry_due(now=timezone.now() + timedelta(days=30)) == 0
     entry.refresh_from_db()
     assert entry.state == "pending"
@@ -156,7 +140,7 @@ def test_it_does_not_retry_permanent_failures_automatically(webhook):
 def test_it_doubles_the_automatic_retry_delay_after_each_failed_retry(webhook, settings):
     settings.CLAYOPS_DLQ_RETRY_DELAY_SECONDS = 60
     settings.CLAYOPS_DLQ_MAX_RETRIES = 3
-    (entry,) = dead_leads(webhook, 1)
+    entry = make_dead_letter(webhook=webhook, attempt_count=5)
     entry.delete()  # the lead died but is not in the DLQ yet
     now = timezone.now()
 

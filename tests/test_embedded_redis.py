@@ -39,6 +39,7 @@ def test_it_runs_the_test_suite_against_a_started_server_process():
     assert client.get("clayops:probe") == b"1"
 
 
+@pytest.mark.slow  # starts a valkey-server process of its own
 def test_it_starts_and_stops_a_private_server(tmp_path):
     server = EmbeddedRedis(tmp_path / "r")
     assert server.start() is True
@@ -53,6 +54,7 @@ def test_it_starts_and_stops_a_private_server(tmp_path):
         os.kill(pid, 0)
 
 
+@pytest.mark.slow  # `manage.py up`: web server, workers, simulator and valkey processes
 def test_it_brings_up_the_app_without_redis_url_and_stops_it_on_ctrl_c(tmp_path):
     """`manage.py up` without REDIS_URL: a private server starts, the app uses it, Ctrl-C ends all."""
     port = _free_port()

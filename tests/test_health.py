@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from clayops import health
-from clayops.models import HealthSample, Webhook
+from clayops.models import HealthSample
+from tests.factories import make_webhook
 
 T0 = datetime(2026, 3, 1, 12, 10, 30, tzinfo=UTC)
 
@@ -108,8 +109,8 @@ def test_it_draws_a_sparkline_oldest_first_with_gaps(webhook):
 
 
 def test_it_reports_many_webhooks_in_one_query(webhook, django_assert_num_queries):
-    other = Webhook.objects.create(workspace=webhook.workspace, name="companies", url="http://127.0.0.1:9/x")
-    quiet = Webhook.objects.create(workspace=webhook.workspace, name="quiet", url="http://127.0.0.1:9/y")
+    other = make_webhook(workspace=webhook.workspace, name="companies")
+    quiet = make_webhook(workspace=webhook.workspace, name="quiet")
     record(webhook, ok=9, bad=1, when=at(1))
     record(other, bad=2, when=at(1))
     with django_assert_num_queries(1):

@@ -23,7 +23,8 @@ from clayops.imports import (
 )
 from clayops.imports import reader as import_reader
 from clayops.imports import run as import_run
-from clayops.models import ImportRowError, Lead, LeadImport, Webhook
+from clayops.models import ImportRowError, Lead, LeadImport
+from tests.factories import make_webhook
 
 
 @pytest.fixture(autouse=True)
@@ -416,12 +417,10 @@ def test_it_refuses_empty_oversized_and_non_csv_files_before_reading(settings, t
 def test_it_stores_the_upload_and_enqueues_the_import_after_commit(
     workspace, operator, django_capture_on_commit_callbacks
 ):
-    Webhook.objects.create(
-        workspace=workspace, name="off", url="http://x.test/1", priority=1, is_active=False
-    )
-    Webhook.objects.create(workspace=workspace, name="full", url="http://x.test/2", priority=2, is_full=True)
-    second = Webhook.objects.create(workspace=workspace, name="second", url="http://x.test/3", priority=20)
-    first = Webhook.objects.create(workspace=workspace, name="first", url="http://x.test/4", priority=10)
+    make_webhook(workspace=workspace, name="off", priority=1, is_active=False)
+    make_webhook(workspace=workspace, name="full", priority=2, is_full=True)
+    second = make_webhook(workspace=workspace, name="second", priority=20)
+    first = make_webhook(workspace=workspace, name="first", priority=10)
     queue = django_rq.get_queue("default")
     with django_capture_on_commit_callbacks(execute=True):
         imp = create_import(

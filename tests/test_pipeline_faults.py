@@ -1,7 +1,7 @@
 """End to end with real processes: RQ workers, the Clay simulator over HTTP, callbacks into a live
 server, and faults: a worker killed with SIGKILL, Redis losing its data, a Clay outage, the budget.
 
-Every test ends by checking invariants 1 and 3 of DESIGN.md: every lead is in a final state
+Every test ends by checking invariants 1 and 3 of docs/ARCHITECTURE.md: every lead is in a final state
 (accepted, enriched or in the DLQ) and Clay never received a lead again after it answered 2xx.
 """
 
@@ -25,16 +25,13 @@ from clayops.contract import CALLBACK_HEADER
 from clayops.devtools.embedded_redis import EmbeddedRedis
 from clayops.enqueue import enqueue_leads
 from clayops.models import (
-    CircuitBreaker,
     CircuitEvent,
-    CreditBudget,
     DeadLetter,
     Lead,
     LeadImport,
-    Webhook,
-    Workspace,
 )
 from tests.conftest import child_env
+from tests.factories import make_budget, make_leads, make_webhook, make_workspace
 from tests.fixtures_sim import clay_sim as _clay_sim  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -121,18 +118,19 @@ def workers():
 @pytest.fixture
 def setup_hook(clay_sim, live_server):
     """A workspace whose webhook is a simulator table, with Clay's callbacks going to the live server."""
-    credit_budget = CreditBudget.objects.create(name="e2e", daily_limit=Decimal("1000000"))
-    workspace = Workspace.objects.create(name="e2e", budget=credit_budget, rate_limit=0)
-    webhook = Webhook.objects.create(
-        workspace=workspace, name="sim", url=clay_sim.webhook_url("t_e2e"), token="tok"
-    )
-    CircuitBreaker.objects.create(
-        webhook=webhook,
-        failure_threshold=5,
-        cooldown_seconds=2,
-        half_open_max_probes=1,
-        success_threshold=1,
-        minimum_calls=1000,
+    workspace = make_workspace(name="e2e", budget=make_budget(name="e2e", daily_limit=Decimal("1000000")))
+    webhook = make_webhook(
+        workspace=workspace,
+        name="sim",
+        url=clay_sim.webhook_url("t_e2e"),
+        token="tok",
+        breaker={
+            "failure_threshold": 5,
+            "cooldown_seconds": 2,
+            "half_open_max_probes": 1,
+            "success_threshold": 1,
+            "minimum_calls": 1000,
+        },
     )
     clay_sim.configure_table(
         "t_e2e",
@@ -145,21 +143,9 @@ def setup_hook(clay_sim, live_server):
     return webhook
 
 
-def make_leads(webhook, n: int) -> list[int]:
-    Lead.objects.bulk_create(
-        [
-            Lead(
-                row={"email": f"user{i}@company{i}.com"},
-                fingerprint=f"e2e-{i}",
-                email=f"user{i}@company{i}.com",
-                domain=f"company{i}.com",
-                state=S.QUEUED,
-                webhook=webhook,
-            )
-            for i in range(n)
-        ]
-    )
-    ids = list(Lead.objects.values_list("pk", flat=True))
+def queue_leads(webhook, n: int) -> list[int]:
+    """n new leads, queued, and their submit jobs in Redis."""
+    ids = [lead.pk for lead in make_leads(n, webhook=webhook)]
     enqueue_leads(ids)
     return ids
 
@@ -224,7 +210,7 @@ def test_it_finishes_every_lead_of_an_import_when_a_worker_is_killed_mid_run(
 
 def test_it_loses_nothing_when_redis_restarts_empty_mid_run(setup_hook, clay_sim, workers):
     clay_sim.set_faults(latency_ms=20)
-    make_leads(setup_hook, 600)
+    queue_leads(setup_hook, 600)
     workers.start(2)
     run_until(lambda: clay_sim.stats()["rows_accepted"] >= 100, timeout=120)
 
@@ -243,7 +229,7 @@ def test_it_loses_nothing_when_redis_restarts_empty_mid_run(setup_hook, clay_sim
 def test_it_opens_the_breaker_in_an_outage_defers_leads_and_drains_them_after(setup_hook, clay_sim, workers):
     clay_sim.set_faults(latency_ms=10, outage_script=[{"start_after_s": 1.5, "duration_s": 6, "mode": "503"}])
     started = time.monotonic()
-    make_leads(setup_hook, 400)
+    queue_leads(setup_hook, 400)
     workers.start(1)
     deferred_seen = []
 
@@ -268,7 +254,7 @@ def test_it_opens_the_breaker_in_an_outage_defers_leads_and_drains_them_after(se
 def test_it_sends_exactly_what_the_budget_allows_and_resumes_when_it_rises(setup_hook, clay_sim, workers):
     credit_budget = setup_hook.workspace.budget
     budget.set_daily_limit(budget=credit_budget, limit=Decimal("60"))
-    make_leads(setup_hook, 20)
+    queue_leads(setup_hook, 20)
     workers.start(2)
 
     run_until(

@@ -119,6 +119,7 @@ print(json.dumps({"granted": granted, "elapsed": time.time() - start}))
 """
 
 
+@pytest.mark.slow  # two spender processes
 def test_it_shares_one_bucket_between_processes():
     procs = [
         subprocess.Popen(

@@ -34,6 +34,7 @@ def _manage(*args: str, **env_extra: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a manage.py process
 def test_it_passes_the_deploy_check_with_production_env(tmp_path):
     result = _manage(
         "check",
@@ -49,6 +50,7 @@ def test_it_passes_the_deploy_check_with_production_env(tmp_path):
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow  # a manage.py process
 def test_it_rejects_a_broken_database_url(tmp_path):
     result = _manage("check", DATABASE_URL="nosuchdb://x", CLAYOPS_VAR_DIR=str(tmp_path))
     assert result.returncode != 0

@@ -428,6 +428,7 @@ def test_it_serves_on_ipv6_loopback():
         sim.stop()
 
 
+@pytest.mark.slow  # the simulator as a manage.py process
 def test_it_runs_as_a_management_command_until_sigterm(http):
     env = dict(os.environ, CLAYOPS_NO_VENV="1", PYTHONUNBUFFERED="1")
     env["DJANGO_SETTINGS_MODULE"] = "clayops.settings_test"

@@ -8,7 +8,8 @@ import django_rq
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from clayops.models import CircuitBreaker, DeadLetter, Lead, LeadImport
+from clayops.models import CircuitBreaker, LeadImport
+from tests.factories import make_dead_letters
 
 from .conftest import assert_not_reloaded, mark_page
 
@@ -69,26 +70,8 @@ def test_it_uploads_a_csv_and_the_progress_bar_finishes(
     expect(page.locator("#results")).to_contain_text("bob@beta.io")
 
 
-def _dead(webhook, n):
-    entries = []
-    for i in range(n):
-        lead = Lead.objects.create(
-            row={"email": f"d{i}@x.com"},
-            fingerprint=f"dead-{i}",
-            email=f"d{i}@x.com",
-            state="dead",
-            webhook=webhook,
-        )
-        entries.append(
-            DeadLetter.objects.create(
-                lead=lead, webhook=webhook, error="HTTP 500", error_class="server_error"
-            )
-        )
-    return entries
-
-
 def test_it_retries_and_discards_dlq_entries_with_checkboxes(page, login_as, operator, webhook):
-    a, b, c = _dead(webhook, 3)
+    a, b, c = make_dead_letters(3, webhook=webhook)
     login_as(operator)
     page.goto("/dlq/")
     mark_page(page)
@@ -113,7 +96,7 @@ def test_it_retries_and_discards_dlq_entries_with_checkboxes(page, login_as, ope
 
 
 def test_it_previews_and_confirms_a_drain(page, login_as, operator, webhook):
-    _dead(webhook, 2)
+    make_dead_letters(2, webhook=webhook)
     login_as(operator)
     page.goto("/dlq/")
     page.get_by_role("link", name="Drain…").click()
@@ -124,7 +107,7 @@ def test_it_previews_and_confirms_a_drain(page, login_as, operator, webhook):
 
 
 def test_it_hides_actions_from_a_viewer_and_refuses_a_forged_post(page, login_as, viewer, webhook):
-    _dead(webhook, 1)
+    make_dead_letters(1, webhook=webhook)
     login_as(viewer)
     page.goto("/")
     expect(page.locator(f"#webhook-{webhook.pk}")).to_be_visible()
