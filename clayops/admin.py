@@ -16,7 +16,7 @@ def audit_change(request, obj, form, action: str) -> None:
         if field in ("url", "token", "callback_secret"):
             changes[field] = "changed (secret)"
         else:
-            changes[field] = {
+            changes[field] = {  # type: ignore[assignment]
                 "from": str(form.initial.get(field, "")),
                 "to": str(form.cleaned_data.get(field)),
             }

@@ -151,7 +151,7 @@ def reserve_many(
                     )
                     for pk in lead_ids[:want]
                 )
-                return {r.lead_id: r.pk for r in made}
+                return {r.lead_id: r.pk for r in made if r.lead_id is not None}
         if amount <= 0:
             return {}  # spend is already past the limit: nothing fits
         fits = int(remaining(CreditBudget.objects.get(pk=budget.pk), now=now) // amount)

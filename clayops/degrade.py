@@ -48,7 +48,11 @@ def lead_data(lead: Lead, *, now=None) -> dict:
     """The best data clayops has for a lead now: {"source": "clay"|"cache"|"fallback", "data": {...}}."""
     now = now or timezone.now()
     if lead.enriched is not None:
-        return {"source": "clay", "data": lead.enriched, "at": lead.enriched_at.isoformat()}
+        return {
+            "source": "clay",
+            "data": lead.enriched,
+            "at": lead.enriched_at.isoformat() if lead.enriched_at else None,
+        }
     cached = None
     if lead.domain:
         cached = EnrichmentCache.objects.filter(domain=lead.domain, expires_at__gt=now).first()

@@ -155,6 +155,8 @@ def sparkline(webhook_id: int, *, now: datetime | None = None, minutes: int = 60
     points: list[float | None] = []
     for i in range(minutes):
         sample = rows.get(first + timedelta(minutes=i))
-        total = (sample.successes + sample.failures) if sample else 0
-        points.append(round(100.0 * sample.successes / total, 1) if total else None)
+        if sample is None or not (sample.successes + sample.failures):
+            points.append(None)
+            continue
+        points.append(round(100.0 * sample.successes / (sample.successes + sample.failures), 1))
     return points

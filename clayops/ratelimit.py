@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+from typing import Any
 
 import django_rq
 
@@ -72,7 +73,7 @@ return '0'
 
 _lock = threading.Lock()
 _client: tuple[int, object] | None = None
-_scripts: dict[str, object] = {}
+_scripts: dict[str, Any] = {}
 
 
 def redis_connection():

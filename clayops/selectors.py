@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -71,14 +72,14 @@ OFFLINE_STATES = (Lead.State.DEFERRED, Lead.State.SERVED_CACHE, Lead.State.SERVE
 
 B = CircuitBreaker.State
 # Words for every breaker state (the colour is never the only signal) and the tone that colours them.
-CIRCUIT_WORDS = {
+CIRCUIT_WORDS: dict[str, Any] = {
     B.CLOSED: ("Closed", "sending normally", "ok"),
     B.HALF_OPEN: ("Half-open", "letting probe requests through", "warn"),
     B.OPEN: ("Open", "not sending: cooling down after failures", "bad"),
     B.FORCED_OPEN: ("Paused", "forced open by an operator until reset", "bad"),
 }
 HEALTH_TONES = {"healthy": "ok", "degraded": "warn", "unhealthy": "bad"}
-LEAD_TONES = {
+LEAD_TONES: dict[str, Any] = {
     Lead.State.ENRICHED: "ok",
     Lead.State.ACCEPTED: "ok",
     Lead.State.SERVED_CACHE: "warn",
@@ -89,7 +90,7 @@ LEAD_TONES = {
     Lead.State.DEAD: "bad",
     Lead.State.DISCARDED: "muted",
 }
-DLQ_TONES = {
+DLQ_TONES: dict[str, Any] = {
     DeadLetter.State.PENDING: "bad",
     DeadLetter.State.EXHAUSTED: "bad",
     DeadLetter.State.RETRYING: "warn",
@@ -280,7 +281,7 @@ class Card:
     health_tone: str
     sparkline: list[float | None]
     gauge: BudgetGauge
-    depths: list[tuple[str, int]]
+    depths: Sequence[tuple[str, int]]
     sent_per_minute: int
     accepted_per_minute: int
     events: list[CircuitEvent] = field(default_factory=list)
@@ -451,7 +452,7 @@ def leads_page(*, filters: dict, cursor: str | None = None, size: int = DEFAULT_
     if filters.get("state"):
         qs = qs.filter(state=filters["state"])
     if filters.get("webhook"):
-        qs = qs.filter(webhook_id=_pk(filters["webhook"]))
+        qs = qs.filter(webhook_id=_pk(filters["webhook"]))  # type: ignore[misc]
     if filters.get("lead_import"):
         qs = qs.filter(lead_import_id=_pk(filters["lead_import"]))
     if filters.get("state") and not filters.get("webhook") and not filters.get("lead_import"):
@@ -525,7 +526,7 @@ def _dlq_filtered(filters: dict, *, with_class: bool = True) -> QuerySet:
     if state != DLQ_STATE_ANY:
         qs = qs.filter(state=state)
     if filters.get("webhook"):
-        qs = qs.filter(webhook_id=_pk(filters["webhook"]))
+        qs = qs.filter(webhook_id=_pk(filters["webhook"]))  # type: ignore[misc]
     if with_class and filters.get("error_class"):
         qs = qs.filter(error_class=filters["error_class"])
     tz = timezone.get_current_timezone()

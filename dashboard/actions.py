@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -15,12 +15,12 @@ from django_htmx.http import trigger_client_event
 from clayops import breaker, delivery, dlq, imports, selectors
 from clayops.models import Webhook
 
-from .access import operator_required
+from .access import HtmxHttpRequest, operator_required
 from .forms import UploadForm
 from .views import dlq_context, imports_context
 
 
-def _card(request: HttpRequest, webhook_id: int, message: str, event: str) -> HttpResponse:
+def _card(request: HtmxHttpRequest, webhook_id: int, message: str, event: str) -> HttpResponse:
     if not request.htmx:
         messages.success(request, message)
         return redirect("dashboard:overview")
@@ -31,7 +31,7 @@ def _card(request: HttpRequest, webhook_id: int, message: str, event: str) -> Ht
 
 @require_POST
 @operator_required
-def breaker_force_open(request: HttpRequest, webhook_id: int) -> HttpResponse:
+def breaker_force_open(request: HtmxHttpRequest, webhook_id: int) -> HttpResponse:
     webhook = get_object_or_404(Webhook, pk=webhook_id)
     reason = request.POST.get("reason", "").strip()[:200] or "paused by operator"
     breaker.force_open(webhook.pk, by=request.user, reason=reason)
@@ -40,7 +40,7 @@ def breaker_force_open(request: HttpRequest, webhook_id: int) -> HttpResponse:
 
 @require_POST
 @operator_required
-def breaker_reset(request: HttpRequest, webhook_id: int) -> HttpResponse:
+def breaker_reset(request: HtmxHttpRequest, webhook_id: int) -> HttpResponse:
     webhook = get_object_or_404(Webhook, pk=webhook_id)
     breaker.reset(webhook.pk, by=request.user)
     return _card(request, webhook.pk, f"{webhook.name}: breaker reset to closed.", "breaker-changed")
@@ -48,7 +48,7 @@ def breaker_reset(request: HttpRequest, webhook_id: int) -> HttpResponse:
 
 @require_POST
 @operator_required
-def offline_drain(request: HttpRequest, webhook_id: int) -> HttpResponse:
+def offline_drain(request: HtmxHttpRequest, webhook_id: int) -> HttpResponse:
     webhook = get_object_or_404(Webhook, pk=webhook_id)
     n = delivery.drain_offline(by=request.user, webhook_id=webhook.pk)
     return _card(request, webhook.pk, f"{webhook.name}: {n} deferred leads released.", "offline-drained")
@@ -56,7 +56,7 @@ def offline_drain(request: HttpRequest, webhook_id: int) -> HttpResponse:
 
 @require_POST
 @operator_required
-def import_upload(request: HttpRequest) -> HttpResponse:
+def import_upload(request: HtmxHttpRequest) -> HttpResponse:
     form = UploadForm(request.POST, request.FILES)
     if form.is_valid():
         upload = form.cleaned_data["file"]
@@ -77,13 +77,13 @@ def import_upload(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/imports.html", imports_context(form=form), status=400)
 
 
-def _entry_ids(request: HttpRequest) -> list[int]:
+def _entry_ids(request: HtmxHttpRequest) -> list[int]:
     """The one entry of a per-row button (`only`), else the checked boxes (`ids`)."""
     raw = [request.POST["only"]] if request.POST.get("only") else request.POST.getlist("ids")
     return sorted({int(v) for v in raw if v.isdigit()})
 
 
-def _dlq_done(request: HttpRequest, message: str, event: str, count: int) -> HttpResponse:
+def _dlq_done(request: HtmxHttpRequest, message: str, event: str, count: int) -> HttpResponse:
     nxt = request.POST.get("next", "")
     if not request.htmx:
         messages.success(request, message)
@@ -94,7 +94,7 @@ def _dlq_done(request: HttpRequest, message: str, event: str, count: int) -> Htt
     return trigger_client_event(response, event, {"count": count, "message": message})
 
 
-def _filter_query(request: HttpRequest) -> str:
+def _filter_query(request: HtmxHttpRequest) -> str:
     keep = ("state", "error_class", "webhook", "since", "until")
     query = request.POST.copy()
     for key in list(query):
@@ -105,7 +105,7 @@ def _filter_query(request: HttpRequest) -> str:
 
 @require_POST
 @operator_required
-def dlq_retry(request: HttpRequest) -> HttpResponse:
+def dlq_retry(request: HtmxHttpRequest) -> HttpResponse:
     ids = _entry_ids(request)
     n = dlq.retry_entries(entry_ids=ids, by=request.user) if ids else 0
     return _dlq_done(request, _said("Retried", n, len(ids)), "dlq-changed", n)
@@ -113,7 +113,7 @@ def dlq_retry(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @operator_required
-def dlq_discard(request: HttpRequest) -> HttpResponse:
+def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
     ids = _entry_ids(request)
     n = dlq.discard_entries(entry_ids=ids, by=request.user) if ids else 0
     return _dlq_done(request, _said("Discarded", n, len(ids)), "dlq-changed", n)
@@ -121,7 +121,7 @@ def dlq_discard(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @operator_required
-def dlq_drain(request: HttpRequest) -> HttpResponse:
+def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
     webhook_id = int(request.POST["webhook"]) if request.POST.get("webhook", "").isdigit() else None
     error_class = request.POST.get("error_class") or None
     n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class)

@@ -26,7 +26,7 @@ class LeadFilterForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         hooks = [(str(w.pk), w.name) for w in selectors.webhook_choices()]
-        self.fields["webhook"].choices = _blank("Any webhook", hooks)
+        self.fields["webhook"].choices = _blank("Any webhook", hooks)  # type: ignore[attr-defined]
 
 
 class DlqFilterForm(forms.Form):
@@ -35,7 +35,7 @@ class DlqFilterForm(forms.Form):
         (selectors.DLQ_STATE_ANY, "Any state"),
     ]
     state = forms.ChoiceField(label="State", required=False, choices=STATES)
-    error_class = forms.ChoiceField(label="Error class", required=False)
+    error_class = forms.ChoiceField(label="Error class", required=False)  # type: ignore[assignment]
     webhook = forms.TypedChoiceField(label="Webhook", required=False, coerce=int, empty_value=None)
     since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     until = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
@@ -43,11 +43,11 @@ class DlqFilterForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         hooks = [(str(w.pk), w.name) for w in selectors.webhook_choices()]
-        self.fields["webhook"].choices = _blank("Any webhook", hooks)
+        self.fields["webhook"].choices = _blank("Any webhook", hooks)  # type: ignore[attr-defined]
         known = selectors.dlq_error_classes()  # cached: a class newer than the cache is still accepted,
         asked = self.data.get("error_class") if self.is_bound else None  # never silently dropped
         classes = [(c, c) for c in known + ([asked] if asked and asked not in known else [])]
-        self.fields["error_class"].choices = _blank("Any error class", classes)
+        self.fields["error_class"].choices = _blank("Any error class", classes)  # type: ignore[attr-defined]
 
 
 class AuditFilterForm(forms.Form):
@@ -56,7 +56,7 @@ class AuditFilterForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["action"].choices = _blank("Any action", [(a, a) for a in selectors.audit_actions()])
+        self.fields["action"].choices = _blank("Any action", [(a, a) for a in selectors.audit_actions()])  # type: ignore[attr-defined]
 
 
 class UploadForm(forms.Form):

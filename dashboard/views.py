@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.http import Http404, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 from django_htmx.http import HttpResponseStopPolling
@@ -10,11 +10,11 @@ from django_htmx.http import HttpResponseStopPolling
 from clayops import dlq as dlq_service
 from clayops import selectors
 
-from .access import viewer_required
+from .access import HtmxHttpRequest, viewer_required
 from .forms import AuditFilterForm, DlqFilterForm, LeadFilterForm, UploadForm, clean_filters
 
 
-def render_page(request: HttpRequest, template: str, partial: str, context: dict, status: int = 200):
+def render_page(request: HtmxHttpRequest, template: str, partial: str, context: dict, status: int = 200):
     """The whole page, or `template#partial` when htmx asks (not when it restores history)."""
     htmx = getattr(request, "htmx", None)
     if htmx and not htmx.history_restore_request:
@@ -25,7 +25,7 @@ def render_page(request: HttpRequest, template: str, partial: str, context: dict
 
 
 @viewer_required
-def overview(request: HttpRequest) -> HttpResponse:
+def overview(request: HtmxHttpRequest) -> HttpResponse:
     cards = selectors.overview_cards()
     version = selectors.cards_version(cards)
     if request.htmx and request.GET.get("v") == version:
@@ -34,7 +34,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 
 @viewer_required
-def leads(request: HttpRequest) -> HttpResponse:
+def leads(request: HtmxHttpRequest) -> HttpResponse:
     form = LeadFilterForm(request.GET)
     size = selectors.page_size(request.GET.get("size"))
     page = selectors.leads_page(filters=clean_filters(form), cursor=request.GET.get("cursor"), size=size)
@@ -42,7 +42,7 @@ def leads(request: HttpRequest) -> HttpResponse:
 
 
 @viewer_required
-def lead_detail(request: HttpRequest, lead_id: int) -> HttpResponse:
+def lead_detail(request: HtmxHttpRequest, lead_id: int) -> HttpResponse:
     detail = selectors.lead_detail(lead_id=lead_id)
     if detail is None:
         raise Http404("No such lead")
@@ -50,7 +50,7 @@ def lead_detail(request: HttpRequest, lead_id: int) -> HttpResponse:
 
 
 @viewer_required
-def imports(request: HttpRequest) -> HttpResponse:
+def imports(request: HtmxHttpRequest) -> HttpResponse:
     page = selectors.imports_page(
         cursor=request.GET.get("cursor"), size=selectors.page_size(request.GET.get("size"))
     )
@@ -66,7 +66,7 @@ def imports_context(*, page=None, form=None, summary=None) -> dict:
 
 
 @viewer_required
-def import_detail(request: HttpRequest, import_id: int) -> HttpResponse:
+def import_detail(request: HtmxHttpRequest, import_id: int) -> HttpResponse:
     """The import's page; for htmx its status partial (polled), with 286 once the import is finished."""
     summary = selectors.import_summary(import_id=import_id)
     if summary is None:
@@ -105,12 +105,12 @@ def dlq_context(data, *, message: str = "") -> dict:
 
 
 @viewer_required
-def dlq(request: HttpRequest) -> HttpResponse:
+def dlq(request: HtmxHttpRequest) -> HttpResponse:
     return render_page(request, "dashboard/dlq.html", "results", dlq_context(request.GET))
 
 
 @viewer_required
-def dlq_entry(request: HttpRequest, entry_id: int) -> HttpResponse:
+def dlq_entry(request: HtmxHttpRequest, entry_id: int) -> HttpResponse:
     detail = selectors.dlq_entry(entry_id=entry_id)
     if detail is None:
         raise Http404("No such DLQ entry")
@@ -118,7 +118,7 @@ def dlq_entry(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 
 @viewer_required
-def dlq_drain_preview(request: HttpRequest) -> HttpResponse:
+def dlq_drain_preview(request: HtmxHttpRequest) -> HttpResponse:
     """The confirmation before a drain: how many, how fast, what it costs. Acting is a POST."""
     form = DlqFilterForm(request.GET)
     filters = clean_filters(form)
@@ -130,7 +130,7 @@ def dlq_drain_preview(request: HttpRequest) -> HttpResponse:
 
 
 @viewer_required
-def audit(request: HttpRequest) -> HttpResponse:
+def audit(request: HtmxHttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET)
     size = selectors.page_size(request.GET.get("size"))
     page = selectors.audit_page(filters=clean_filters(form), cursor=request.GET.get("cursor"), size=size)

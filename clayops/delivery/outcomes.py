@@ -45,7 +45,7 @@ def apply_results(group: Group, finished: list, *, now: datetime | None = None) 
     accepted = [send for send in finished if send.result.accepted]
     if accepted:
         accept(group, [pk for send in accepted for pk in send.chunk.lead_ids], accepted, now=now)
-    outcomes = {id(send): Out.ACCEPTED for send in accepted}
+    outcomes: dict[int, str] = {id(send): Out.ACCEPTED for send in accepted}
     for send in finished:
         if not send.result.accepted:
             outcomes[id(send)] = apply_failure(group, send.chunk.lead_ids, send.probe, send.result, now=now)

@@ -83,7 +83,7 @@ class Sender:
 
     def _finish(self, finished: list[Send]) -> None:
         self._add(apply_results(self.group, finished))
-        if self.stop is None and any(not send.result.accepted for send in finished):
+        if self.stop is None and any(not (send.result and send.result.accepted) for send in finished):
             self.stop = self._stopped()
 
     def _run_inline(self) -> None:
@@ -111,7 +111,7 @@ class Sender:
                 send = self.in_flight.pop(future)
                 send.result = future.result()
                 finished.append(send)
-            if all(send.result.accepted for send in finished):
+            if all(send.result and send.result.accepted for send in finished):
                 top_up()  # all went well: the next requests go out while this batch is written
             self._finish(finished)
 

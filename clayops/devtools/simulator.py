@@ -1,6 +1,6 @@
 """A fault-injecting Clay simulator: a real HTTP server on loopback that plays Clay.
 
-It plays two parts of Clay (see "How Clay is integrated" in DESIGN.md):
+It plays two parts of Clay (see "Clay facts the code relies on" in docs/ARCHITECTURE.md):
 
 - the table's **webhook source**: `POST /v3/sources/webhook/<table_id>` with one JSON row (an object) or
   a batch (an array of up to `max_batch` rows), the `x-clay-webhook-auth` token, the payload limit,
@@ -379,9 +379,9 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind() resolves the host's FQDN (a DNS lookup); loopback needs none.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
-    def shutdown_request(self, request) -> None:  # type: ignore[override]
+    def shutdown_request(self, request) -> None:
         with self.sim.lock:
             reset = request in self.resets
             self.resets.discard(request)
@@ -801,7 +801,7 @@ class ClaySimulator:
             return self._send(h, 504, _error("gateway timeout"))
         if isinstance(fault, int):
             if fault == 429:
-                headers = (("Retry-After", str(s.retry_after)),)
+                headers: tuple[tuple[str, str], ...] = (("Retry-After", str(s.retry_after)),)
                 return self._send(h, 429, _error("rate limit exceeded", retry_after=s.retry_after), headers)
             return self._send(h, fault, _error(f"simulated {fault}"))
         assert answer is not None

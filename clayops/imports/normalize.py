@@ -9,10 +9,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-try:  # IDNA 2008 with UTS 46 mapping (the `idna` package, a declared dependency).
-    import idna
-except ImportError:  # pragma: no cover
-    idna = None
+import idna  # IDNA 2008 with UTS 46 mapping (a declared dependency)
 
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "email": ("email", "e mail", "work email", "email address", "e mail address"),
@@ -45,10 +42,7 @@ def _ascii_host(host: str) -> str:
     host = host.strip().strip(".").lower()
     if not host.isascii():
         try:
-            if idna is not None:
-                host = idna.encode(host, uts46=True).decode("ascii")
-            else:  # pragma: no cover
-                host = host.encode("idna").decode("ascii")
+            host = idna.encode(host, uts46=True).decode("ascii")
         except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
             return ""
     if len(host) > 253 or not _DOMAIN_RE.fullmatch(host):

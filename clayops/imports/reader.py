@@ -142,10 +142,11 @@ def read_records(
             if replay:
                 line = replay.popleft()
             else:
-                line = next(lines, None)
-                if line is None:
+                following = next(lines, None)
+                if following is None:
                     eof_in_record = bool(pending)
                     return
+                line = following
             pending.append(line)
             yield line[1]
 

@@ -166,7 +166,7 @@ class _ImportRun:
                 self.finish(LeadImport.State.FAILED, missing)
                 return
             with fh:
-                self.source = Source(fh, max_line_bytes=2 * self.payload_limit)
+                self.source = Source(fh, max_line_bytes=2 * self.payload_limit)  # type: ignore[arg-type]
                 problem = self.source.open()
                 if problem:
                     self.finish(LeadImport.State.FAILED, problem)
@@ -177,13 +177,14 @@ class _ImportRun:
 
     def read_rows(self) -> None:
         source = self.source
+        assert source is not None  # run() opened it
         records = read_records(source.lines(), source.delimiter, csv.field_size_limit())
         header = None
         skip_hint = source.sep_hint
         for fields, lines, problem in records:
             if problem is None:  # a header that is not UTF-8 is read with replacement characters
                 problem = next((ln[2] for ln in lines if ln[2] and not ln[2].startswith(BAD_ENCODING)), None)
-            if problem is None and not "".join(fields).strip():
+            if problem is None and not "".join(fields or ()).strip():
                 continue
             if skip_hint:
                 skip_hint = False
@@ -207,15 +208,15 @@ class _ImportRun:
                         problem = line[2]
                         break
                 else:
-                    if not "".join(fields).strip():
+                    if not "".join(fields or ()).strip():
                         continue
             if self.total >= self.max_rows:
                 limit_line = lines[0][0]
                 break
             self.total += 1
             self.unflushed += 1
-            if problem is not None:
-                self.row_error(lines, problem)
+            if problem is not None or fields is None:
+                self.row_error(lines, problem or "unreadable row")
             else:
                 self.add_row(fields, lines)
             if self.unflushed >= self.batch_rows:
@@ -253,10 +254,11 @@ class _ImportRun:
         self.company_cols = cols["company"]
         self.first_cols, self.last_cols = cols["first_name"], cols["last_name"]
         if not self.email_cols and not self.domain_cols:
+            delimiter = self.source.delimiter if self.source else ","
             shown = ", ".join(f"“{name}”" for name in names[:20]) + (" …" if len(names) > 20 else "")
             self.finish(
                 LeadImport.State.FAILED,
-                f"No email or domain column found (columns: {shown}; delimiter “{self.source.delimiter}”). "
+                f"No email or domain column found (columns: {shown}; delimiter “{delimiter}”). "
                 f"Name a column {' / '.join(COLUMN_ALIASES['email'][:4])} "
                 f"or {' / '.join(COLUMN_ALIASES['domain'][:5])}.",
             )
@@ -363,7 +365,11 @@ class _ImportRun:
                     .values_list("pk", "fingerprint", "lead_import_id", "line", "state")
                 )
                 for pk, fingerprint, import_id, line, state in holders:
-                    if import_id == self.imp.pk and line == self.batch[fingerprint]["line"]:
+                    if (
+                        import_id == self.imp.pk
+                        and line is not None
+                        and line == self.batch[fingerprint]["line"]
+                    ):
                         ours += 1
                         if state == Lead.State.QUEUED:
                             new_ids.append((line, pk))
@@ -427,16 +433,20 @@ class _LeadWriter:
     VARYING = ("line", "row", "fingerprint", "email", "domain", "company")
 
     def __init__(self, *, lead_import_id: int, webhook_id: int | None):
-        self.fixed = {"lead_import": lead_import_id, "webhook": webhook_id, "state": Lead.State.QUEUED}
+        self.fixed: dict[str, Any] = {
+            "lead_import": lead_import_id,
+            "webhook": webhook_id,
+            "state": Lead.State.QUEUED,
+        }
         self.fields = [field for field in Lead._meta.concrete_fields if not field.primary_key]
         names = [field.name for field in self.fields]
         self.slots = [(names.index(name), self.fields[names.index(name)]) for name in self.VARYING]
         quote = connection.ops.quote_name
-        columns = ", ".join(quote(field.column) for field in self.fields)
+        columns = ", ".join(quote(field.column or field.name) for field in self.fields)
         placeholders = ", ".join(["%s"] * len(self.fields))
         self.sql = (
             f"INSERT INTO {quote(Lead._meta.db_table)} ({columns}) VALUES ({placeholders}) "
-            f"ON CONFLICT ({quote(Lead._meta.get_field('fingerprint').column)}) DO NOTHING"
+            f"ON CONFLICT ({quote('fingerprint')}) DO NOTHING"
         )
 
     def insert(self, leads: Iterable[dict[str, Any]]) -> None:
@@ -445,6 +455,7 @@ class _LeadWriter:
         per_row: list[tuple[int, Any]] = []
         varying = set(self.VARYING)
         for i, field in enumerate(self.fields):
+            value: Any
             if field.name in varying:
                 value = None
             elif field.name in self.fixed:
