@@ -231,12 +231,22 @@ def release_for_leads(lead_ids, *, now: datetime | None = None) -> int:
     return release_many(list(held), now=now)
 
 
-def settle_for_lead(lead_id: int, *, actual: Decimal | None, now: datetime | None = None) -> bool:
-    """Clay's callback for a lead: its latest reservation is charged at `actual` when the callback
-    reports a figure, else settled at the estimate if still held. Returns whether anything changed."""
-    reservation = (
-        CreditReservation.objects.filter(lead_id=lead_id).order_by("-id").values("pk", "state").first()
-    )
+def settle_held_for_leads(lead_ids, *, now: datetime | None = None) -> int:
+    """Book whatever these leads hold as spent, at the estimate (a send Clay may have charged)."""
+    held = CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD)
+    return settle_many(list(held.values_list("pk", flat=True)), now=now)
+
+
+def settle_for_lead(
+    lead_id: int, *, actual: Decimal | None, send_id: int | None = None, now: datetime | None = None
+) -> bool:
+    """Clay's callback for a lead: the send it reports on (`send_id`, the reservation clayops put in
+    the row; else the lead's latest) is charged at `actual` when the callback reports a figure, else
+    settled at the estimate if still held. Returns whether anything changed."""
+    sends = CreditReservation.objects.filter(lead_id=lead_id)
+    if send_id is not None:
+        sends = sends.filter(pk=send_id)
+    reservation = sends.order_by("-id").values("pk", "state").first()
     if reservation is None:
         return False
     if actual is not None:

@@ -19,14 +19,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from . import budget
-from .contract import CALLBACK_HEADER, LEAD_ID_FIELD
+from .contract import CALLBACK_HEADER, LEAD_ID_FIELD, SEND_ID_FIELD
 from .dlq import resolve_for_leads
 from .models import DeadLetter, EnrichmentCache, Lead, Webhook
 
 log = logging.getLogger("clayops.callbacks")
 MAX_CALLBACK_BYTES = 1_000_000
 # Fields of a callback that describe the call, not the company.
-META_FIELDS = {LEAD_ID_FIELD, "credits_used", "enrichment_status"}
+META_FIELDS = {LEAD_ID_FIELD, SEND_ID_FIELD, "credits_used", "enrichment_status"}
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -81,6 +81,18 @@ def _credits(row: dict) -> Decimal | None:
     return credits if credits >= 0 else None
 
 
+def _send_id(row: dict) -> int | None:
+    """The send a callback reports on (SEND_ID_FIELD), when the row carries a usable one."""
+    value = row.get(SEND_ID_FIELD)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 0 < number < 2**63 else None
+
+
 def apply_enrichment(lead_id: int, row: dict) -> str:
     """Store Clay's result for a lead once. Returns "enriched", "duplicate" or "unknown"."""
     now = timezone.now()
@@ -97,13 +109,20 @@ def apply_enrichment(lead_id: int, row: dict) -> str:
             defer_reason="",
             last_error="enrichment failed at Clay" if failed else "",
         )
+    send_id = _send_id(row)
     if not updated:
-        return "duplicate" if Lead.objects.filter(pk=lead_id).exists() else "unknown"
+        if not Lead.objects.filter(pk=lead_id).exists():
+            return "unknown"
+        if send_id is not None:
+            # Another send of a lead already enriched (an uncertain send and its resend both reached
+            # Clay): its charge goes on the books too. A repeat of the same callback changes nothing.
+            budget.settle_for_lead(lead_id, actual=_credits(row), send_id=send_id, now=now)
+        return "duplicate"
     # Clay enriched it, whatever the lead went through meanwhile: nothing is left to retry.
     resolve_for_leads(
         [lead_id], states=(DeadLetter.State.PENDING, DeadLetter.State.RETRYING, DeadLetter.State.EXHAUSTED)
     )
-    budget.settle_for_lead(lead_id, actual=_credits(row), now=now)
+    budget.settle_for_lead(lead_id, actual=_credits(row), send_id=send_id, now=now)
     lead = Lead.objects.only("domain").get(pk=lead_id)
     if lead.domain and not failed:
         cache_put(lead.domain, data, now=now)

@@ -5,5 +5,8 @@ back with that id and the shared secret in a header the operator typed into the 
 """
 
 LEAD_ID_FIELD = "clayops_lead_id"
+# Which send of the lead a row is (its credit reservation): a callback naming it books Clay's charge
+# on that send, so a lead sent twice (an uncertain send, then a resend) shows both charges.
+SEND_ID_FIELD = "clayops_send_id"
 # Header Clay's HTTP API column sends back with each callback (the operator types it into the column).
 CALLBACK_HEADER = "X-Clayops-Secret"

@@ -7,10 +7,15 @@ django-rq enqueues after the surrounding transaction commits (inside `atomic()` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from datetime import timedelta
 
 import django_rq
 from django.conf import settings
+from redis.exceptions import RedisError
+
+log = logging.getLogger("clayops.enqueue")
 
 # The RQ timeout of an import job (the default queue's 600 s is too short for a million rows).
 IMPORT_JOB_TIMEOUT = 6 * 3600
@@ -44,3 +49,14 @@ def enqueue_import(import_id: int) -> None:
         job_id=import_job_id(import_id),
         job_timeout=IMPORT_JOB_TIMEOUT,
     )
+
+
+def schedule_probe(webhook_id: int, *, delay_seconds: float) -> None:
+    """Run clayops.jobs.probe_webhook when a breaker's cooldown ends (RQ's scheduler, which `up`
+    starts with the first worker). Best effort: the maintenance tick probes as well, a little later."""
+    try:
+        django_rq.get_queue("maintenance").enqueue_in(
+            timedelta(seconds=max(0.0, delay_seconds)), "clayops.jobs.probe_webhook", webhook_id
+        )
+    except RedisError:
+        log.warning("could not schedule the probe of webhook %s; the maintenance tick will", webhook_id)

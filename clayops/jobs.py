@@ -21,3 +21,9 @@ def maintenance_tick() -> dict:
     """Periodic work (RQ cron): reap stale reservations and stuck leads, retry due DLQ entries,
     drain the offline queue, requeue leads whose backoff has passed (clayops.maintenance)."""
     return maintenance.run()
+
+
+def probe_webhook(webhook_id: int) -> dict:
+    """A breaker's cooldown ended: release the webhook's due deferred leads and retries now, so its
+    half-open probe goes out at once (they still pass every guard)."""
+    return delivery.resume_webhook(webhook_id)

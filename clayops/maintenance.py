@@ -18,6 +18,7 @@ def run(*, now: datetime | None = None) -> dict[str, int]:
         "reservations_reaped": budget.reap_expired(now=now),
         "stuck_recovered": delivery.recover_stuck(now=now),
         "uncertain_requeued": delivery.requeue_uncertain(now=now),
+        "callbacks_overdue": delivery.mark_overdue(now=now),
         "retries_due": delivery.requeue_due_retries(now=now),
         "dlq_retried": dlq.retry_due(now=now),
         "offline_drained": delivery.drain_offline_step(now=now),

@@ -206,6 +206,12 @@ class Webhook(models.Model):
         help_text="1 sends one JSON object per request; 2-10 sends a JSON array of that many rows.",
     )
     paused_until = models.DateTimeField(null=True, blank=True, help_text="Set by a 429 Retry-After.")
+    callback_deadline_seconds = models.PositiveIntegerField(
+        default=900,
+        validators=[MinValueValidator(10)],
+        help_text="How long after Clay accepted a row its enrichment callback may take before the lead is "
+        "shown and alerted as 'callback overdue' (longer than the table's slowest enrichment).",
+    )
     broken_reason = models.CharField(
         max_length=200, blank=True, help_text="Set when Clay answers 404 (table deleted or webhook replaced)."
     )
@@ -360,6 +366,8 @@ class Lead(models.Model):
         SUBMITTING = "submitting"
         ACCEPTED = "accepted"
         ENRICHED = "enriched"
+        OVERDUE = "overdue", "callback overdue"
+        DELIVERED = "delivered", "delivered (no data)"
         DEFERRED = "deferred"
         RETRY_WAIT = "retry_wait"
         UNCERTAIN = "uncertain"

@@ -18,17 +18,22 @@ Modules, each importing only those listed before it:
   outcomes     applying Clay's answers: one handler per error class
   sender       sending a group's requests on HTTP-only threads, paced by the rate limit
   guards       the job body: steps 1-5, then the sender
-  recovery     what the maintenance tick does for leads: stuck, uncertain, due, orphaned, deferred
+  recovery     what the maintenance tick does for leads: stuck, uncertain, due, orphaned, deferred,
+               overdue callbacks; and the probe when a breaker's cooldown ends
+  resolution   the operator's choices for overdue and uncertain leads: wait, resend, mark delivered
 """
 
 from .guards import deliver_group, submit_batch
 from .recovery import (
     drain_offline,
     drain_offline_step,
+    mark_overdue,
     recover_stuck,
     requeue_due_retries,
     requeue_orphans,
     requeue_uncertain,
+    resend_uncertain,
+    resume_webhook,
 )
 from .routing import Chunk, choose_webhook, plan_chunks, usable_webhooks
 from .transitions import OFFLINE_STATES, requeue
@@ -40,12 +45,15 @@ __all__ = [
     "deliver_group",
     "drain_offline",
     "drain_offline_step",
+    "mark_overdue",
     "plan_chunks",
     "recover_stuck",
     "requeue",
     "requeue_due_retries",
     "requeue_orphans",
     "requeue_uncertain",
+    "resend_uncertain",
+    "resume_webhook",
     "submit_batch",
     "usable_webhooks",
 ]

@@ -25,6 +25,9 @@ from .transitions import S, set_claimed, unsend
 
 E = retry.ErrorClass
 Out = Attempt.Outcome
+# An uncertain send keeps its credit hold past the grace period, so that requeue_uncertain (which
+# books it as a send Clay may have charged) always comes before the reservation reaper.
+UNCERTAIN_HOLD_MARGIN = timedelta(hours=1)
 
 
 @dataclass
@@ -95,7 +98,8 @@ def accept(group: Group, ids: list[int], accepted: list, *, now: datetime) -> No
         "attempt_count": F("attempt_count") + 1,
         "last_error": "",
         "error_class": "",
-        "next_attempt_at": None,
+        # For an accepted lead, the time its callback is due: past it, the lead is overdue.
+        "next_attempt_at": now + timedelta(seconds=group.webhook.callback_deadline_seconds),
         "defer_reason": "",
     }
     if set_claimed(ids, group.token, **fields) < len(ids):
@@ -155,7 +159,7 @@ def _uncertain(f: Failure) -> str:
     """The row may be at Clay: keep the reservation, wait for the callback for a grace period."""
     f.failed()
     grace = timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS)
-    budget.extend_holds(f.held(), until=f.now + grace + timedelta(seconds=60))
+    budget.extend_holds(f.held(), until=f.now + grace + UNCERTAIN_HOLD_MARGIN)
     f.set(
         state=S.UNCERTAIN,
         next_attempt_at=f.now + grace,

@@ -3,6 +3,7 @@ after the grace period, requeue due retries and orphans, and drain the offline q
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -15,8 +16,14 @@ from .. import breaker, budget, retry
 from ..enqueue import enqueue_leads
 from ..models import AuditEntry, CircuitBreaker, Lead, Webhook
 from .guards import breaker_blocked_for
+from .outcomes import UNCERTAIN_HOLD_MARGIN
 from .routing import choose_webhook
 from .transitions import OFFLINE_STATES, S, requeue, set_claimed
+
+log = logging.getLogger("clayops.delivery")
+# Deferred leads released per tick for a workspace with no rate limit (and no drain cap).
+OFFLINE_BATCH_UNPACED = 1000
+OVERDUE_REASON = "no callback from Clay by its deadline"
 
 
 def recover_stuck(*, now: datetime, limit: int = 1000) -> int:
@@ -48,45 +55,84 @@ def recover_stuck(*, now: datetime, limit: int = 1000) -> int:
                 last_error="worker died after sending; waiting for Clay's callback",
                 error_class=retry.ErrorClass.TIMEOUT,
             )
-            budget.extend_holds_for_leads([pk], until=submitted_at + grace + timedelta(seconds=60))
+            budget.extend_holds_for_leads([pk], until=submitted_at + grace + UNCERTAIN_HOLD_MARGIN)
     return recovered
 
 
-def _due(state: str, now: datetime, limit: int) -> list[int]:
-    return list(
-        Lead.objects.filter(state=state, next_attempt_at__lte=now)
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+def _due(state: str, now: datetime, limit: int, webhook_id: int | None = None) -> list[int]:
+    due = Lead.objects.filter(state=state, next_attempt_at__lte=now)
+    if webhook_id is not None:
+        due = due.filter(webhook_id=webhook_id)
+    return list(due.order_by("next_attempt_at").values_list("pk", flat=True)[:limit])
 
 
 def requeue_uncertain(*, now: datetime, limit: int = 1000) -> int:
-    """Grace period over and still no callback: Clay did not take the row; release and resend."""
+    """Grace period over and still no callback: resend.
+
+    The first send may have reached Clay and been charged, so its credit hold is booked as spent (at
+    the estimate; a late callback corrects it to Clay's figure) and the resend reserves its own.
+    """
     ids = list(
         Lead.objects.filter(
             state=S.UNCERTAIN, next_attempt_at__lte=now, enriched_at__isnull=True
         ).values_list("pk", flat=True)[:limit]
     )
-    budget.release_for_leads(ids)
-    return len(requeue(ids, from_states=[S.UNCERTAIN]))
+    return len(resend_uncertain(ids, now=now))
 
 
-def requeue_due_retries(*, now: datetime, limit: int = 1000) -> int:
-    return len(requeue(_due(S.RETRY_WAIT, now, limit), from_states=[S.RETRY_WAIT]))
+def resend_uncertain(lead_ids, *, now: datetime | None = None) -> list[int]:
+    """Uncertain leads back to the queue, their first send booked as one Clay may have charged.
+
+    Settled before the requeue: once queued, a new job may hold fresh credits for the same lead.
+    """
+    ids = list(Lead.objects.filter(pk__in=list(lead_ids), state=S.UNCERTAIN).values_list("pk", flat=True))
+    budget.settle_held_for_leads(ids, now=now)
+    return requeue(ids, from_states=[S.UNCERTAIN])
+
+
+def requeue_due_retries(*, now: datetime, limit: int = 1000, webhook_id: int | None = None) -> int:
+    return len(requeue(_due(S.RETRY_WAIT, now, limit, webhook_id), from_states=[S.RETRY_WAIT]))
+
+
+def resume_webhook(webhook_id: int, *, now: datetime | None = None) -> dict[str, int]:
+    """The webhook's breaker cooled down: send its due deferred leads and retries now (the first
+    ones become the half-open probes; every guard still applies)."""
+    now = now or timezone.now()
+    return {
+        "offline_drained": drain_offline_step(now=now, webhook_id=webhook_id),
+        "retries_due": requeue_due_retries(now=now, webhook_id=webhook_id),
+    }
+
+
+def mark_overdue(*, now: datetime, limit: int = 5000) -> int:
+    """Accepted leads whose callback did not come by its deadline become `overdue`: counted, listed
+    and alerted (one audit entry and one warning per batch), for an operator to resolve."""
+    due = Lead.objects.filter(state=S.ACCEPTED, next_attempt_at__lte=now)
+    rows = list(due.values_list("pk", "webhook_id")[:limit])
+    if not rows:
+        return 0
+    moved = Lead.objects.filter(pk__in=[pk for pk, _ in rows], state=S.ACCEPTED, next_attempt_at__lte=now)
+    n = moved.update(
+        state=S.OVERDUE, state_changed_at=now, defer_reason="no callback from Clay by its deadline"
+    )
+    if n:
+        per_webhook: dict[str, int] = {}
+        for _, hook in rows:
+            per_webhook[str(hook)] = per_webhook.get(str(hook), 0) + 1
+        AuditEntry.objects.create(
+            action="callbacks_overdue", target="leads", count=n, detail={"by_webhook": per_webhook}
+        )
+        log.warning("%s accepted leads got no callback from Clay by their deadline: now overdue", n)
+    return n
 
 
 def drain_offline_step(*, now: datetime, webhook_id: int | None = None, limit: int | None = None) -> int:
-    """Resubmit deferred leads whose blocker has cleared, at a bounded rate (CLAYOPS_DRAIN_RATE).
+    """Resubmit deferred leads whose blocker has cleared, oldest first, at the workspace's pace.
 
     Per webhook: nothing while the circuit is open (or forced open) and cooling down, or while the
     webhook or workspace is paused; only the allowed number of probes when half-open; never more
     leads than today's remaining budget pays for. The leads still pass every guard when sent.
     """
-    per_tick = (
-        limit
-        if limit is not None
-        else max(1, int(settings.CLAYOPS_DRAIN_RATE * settings.CLAYOPS_TICK_SECONDS))
-    )
     offline = Lead.objects.filter(state__in=OFFLINE_STATES).filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )
@@ -95,7 +141,7 @@ def drain_offline_step(*, now: datetime, webhook_id: int | None = None, limit: i
     drained = 0
     hook_ids = set(offline.values_list("webhook_id", flat=True).distinct()[:100])
     for hook_id in hook_ids:
-        room = per_tick - drained
+        room = 10**9 if limit is None else limit - drained
         if room <= 0:
             break
         target = choose_webhook(
@@ -105,14 +151,10 @@ def drain_offline_step(*, now: datetime, webhook_id: int | None = None, limit: i
         )
         if target is None:
             continue
-        room = min(room, _capacity(target, now=now))
+        room = min(room, _capacity(target, now=now), _pace_room(target))
         if room <= 0:
             continue
-        ids = list(
-            offline.filter(webhook_id=hook_id)
-            .order_by("state_changed_at")
-            .values_list("pk", flat=True)[:room]
-        )
+        ids = list(offline.filter(webhook_id=hook_id).order_by("pk").values_list("pk", flat=True)[:room])
         drained += len(requeue(ids, from_states=OFFLINE_STATES))
     return drained
 
@@ -131,6 +173,28 @@ def _capacity(webhook: Webhook, *, now: datetime) -> int:
     if per_row > 0:
         cap = min(cap, int(remaining // per_row))
     return max(0, cap)
+
+
+def _pace_room(webhook: Webhook) -> int:
+    """How many deferred leads to release for this webhook's workspace in one tick.
+
+    The pace is the workspace's own rate limit (two ticks' worth, so sending never runs dry between
+    ticks), capped by CLAYOPS_DRAIN_RATE when an operator set one. Leads already waiting in the queue
+    for the workspace count against it, so new imports are not starved; a quarter of the pace is
+    always released, so the oldest deferred leads are not starved by a large import either.
+    """
+    tick = settings.CLAYOPS_TICK_SECONDS
+    rate = float(webhook.workspace.rate_limit or 0)
+    cap = float(settings.CLAYOPS_DRAIN_RATE or 0)
+    if cap > 0:
+        rate = min(rate, cap) if rate > 0 else cap
+    if rate <= 0:
+        return OFFLINE_BATCH_UNPACED
+    pace = max(1, int(rate * tick * 2))
+    waiting = Lead.objects.filter(
+        webhook__workspace_id=webhook.workspace_id, state__in=(S.QUEUED, S.SUBMITTING)
+    ).count()
+    return max(pace - waiting, max(1, pace // 4))
 
 
 def requeue_orphans(*, now: datetime, limit: int = 5000) -> int:
@@ -165,7 +229,7 @@ def drain_offline(*, by=None, webhook_id: int | None = None, now: datetime | Non
         action="offline_drain",
         target=f"webhook:{webhook_id}" if webhook_id else "all",
         count=count,
-        detail={"rate_per_second": settings.CLAYOPS_DRAIN_RATE},
+        detail={"rate_cap_per_second": settings.CLAYOPS_DRAIN_RATE or None},
     )
     drain_offline_step(now=now, webhook_id=webhook_id)
     return count

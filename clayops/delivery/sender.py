@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from .. import breaker, budget, ratelimit
 from ..client import SendResult, encode, get_client
-from ..contract import LEAD_ID_FIELD
+from ..contract import LEAD_ID_FIELD, SEND_ID_FIELD
 from ..enqueue import enqueue_leads
 from ..models import CircuitBreaker, Lead, Webhook
 from .outcomes import Group, apply_results
@@ -181,7 +181,10 @@ class Sender:
         return launch
 
     def _post(self, send: Send) -> SendResult:
-        rows = [{**self.rows[pk], LEAD_ID_FIELD: pk} for pk in send.chunk.lead_ids]
+        rows = [
+            {**self.rows[pk], LEAD_ID_FIELD: pk, SEND_ID_FIELD: self.reservations.get(pk)}
+            for pk in send.chunk.lead_ids
+        ]
         body = encode(rows if self.webhook.batch_size > 1 else rows[0])
         return get_client().send(self.webhook.url, self.webhook.headers(), body)
 

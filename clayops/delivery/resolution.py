@@ -1,0 +1,108 @@
+"""What an operator does with leads whose outcome clayops cannot know by itself: accepted by Clay
+but no callback by the deadline (`overdue`), or sent with no answer (`uncertain`).
+
+  wait longer     overdue → accepted, with a new callback deadline
+  resend          overdue / uncertain → queued: through every guard again, reserving its own credits
+                  (an uncertain lead's first send is booked first as one Clay may have charged)
+  mark delivered  overdue / uncertain → delivered (final; a late callback still enriches it)
+
+Each is one conditional UPDATE on the lead's state, so a lead another worker or a late callback
+moved meanwhile is left alone, and each is written to the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Count
+from django.utils import timezone
+
+from .. import budget
+from ..models import AuditEntry, CreditBudget, Lead, Webhook
+from .recovery import resend_uncertain
+from .transitions import S, requeue
+
+RESOLVABLE = (S.OVERDUE, S.UNCERTAIN)
+ACTIONS = ("wait", "resend", "deliver")
+# One operator action moves at most this many leads (the page offers it again for the rest).
+MAX_PER_ACTION = 10_000
+
+
+def select(*, state: str, webhook_id: int | None = None, lead_ids: Sequence[int] = ()) -> list[int]:
+    """The leads an action applies to: the ids given, else every lead in `state` (of the webhook)."""
+    if state not in RESOLVABLE:
+        return []
+    qs = Lead.objects.filter(state=state)
+    if lead_ids:
+        qs = qs.filter(pk__in=list(lead_ids))
+    if webhook_id is not None:
+        qs = qs.filter(webhook_id=webhook_id)
+    return list(qs.order_by("pk").values_list("pk", flat=True)[:MAX_PER_ACTION])
+
+
+def resend_forecast(lead_ids: Sequence[int], *, now: datetime | None = None) -> dict:
+    """What resending these leads costs: leads, credits at their webhooks' estimates, and what the
+    budgets they spend from have left today."""
+    now = now or timezone.now()
+    rows = (
+        Lead.objects.filter(pk__in=list(lead_ids))
+        .values("webhook__credits_per_row", "webhook__workspace__budget_id")
+        .annotate(n=Count("id"))
+    )
+    default = Webhook._meta.get_field("credits_per_row").get_default()
+    credits = Decimal("0")
+    budgets: set[int] = set()
+    for row in rows:
+        credits += (row["webhook__credits_per_row"] or default) * row["n"]
+        if row["webhook__workspace__budget_id"]:
+            budgets.add(row["webhook__workspace__budget_id"])
+    remaining = sum((b.remaining(now) for b in CreditBudget.objects.filter(pk__in=budgets)), Decimal("0"))
+    return {"count": len(lead_ids), "credits": credits, "remaining": remaining, "fits": credits <= remaining}
+
+
+def wait_longer(*, lead_ids: Sequence[int], by=None, now: datetime | None = None) -> int:
+    """Overdue leads wait for their callback again, for their webhook's callback deadline."""
+    now = now or timezone.now()
+    moved = 0
+    for webhook_id, deadline in Webhook.objects.values_list("pk", "callback_deadline_seconds"):
+        moved += Lead.objects.filter(pk__in=list(lead_ids), state=S.OVERDUE, webhook_id=webhook_id).update(
+            state=S.ACCEPTED, state_changed_at=now, next_attempt_at=now + timedelta(seconds=deadline)
+        )
+    _audit("overdue_wait", moved, by)
+    return moved
+
+
+def resend(*, lead_ids: Sequence[int], by=None, now: datetime | None = None) -> int:
+    """Send again, through the budget, the breaker and the rate limit like any first send."""
+    ids = list(lead_ids)
+    forecast = resend_forecast(ids, now=now)
+    moved = len(resend_uncertain(ids, now=now)) + len(requeue(ids, from_states=[S.OVERDUE]))
+    _audit("lead_resend", moved, by, credits_forecast=str(forecast["credits"]))
+    return moved
+
+
+def mark_delivered(*, lead_ids: Sequence[int], by=None, now: datetime | None = None) -> int:
+    """Clay took these rows, the operator says; no data will be waited for. An uncertain lead's
+    credit hold is booked as spent (Clay charged it, by that account)."""
+    now = now or timezone.now()
+    ids = list(Lead.objects.filter(pk__in=list(lead_ids), state__in=RESOLVABLE).values_list("pk", flat=True))
+    budget.settle_held_for_leads(
+        Lead.objects.filter(pk__in=ids, state=S.UNCERTAIN).values_list("pk", flat=True), now=now
+    )
+    moved = Lead.objects.filter(pk__in=ids, state__in=RESOLVABLE).update(
+        state=S.DELIVERED, state_changed_at=now, next_attempt_at=None, defer_reason=""
+    )
+    _audit("lead_mark_delivered", moved, by)
+    return moved
+
+
+def resolve(*, action: str, lead_ids: Sequence[int], by=None) -> int:
+    """The operator's choice by name (ACTIONS)."""
+    handler = {"wait": wait_longer, "resend": resend, "deliver": mark_delivered}[action]
+    return handler(lead_ids=lead_ids, by=by)
+
+
+def _audit(action: str, count: int, by, **detail) -> None:
+    AuditEntry.objects.create(user=by, action=action, target="leads", count=count, detail=detail)
