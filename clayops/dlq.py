@@ -3,7 +3,7 @@
 A lead enters the DLQ at one place (`record_dead`, called by delivery when retries end). Every way
 out that resubmits (retry, drain, automatic retry) only moves the lead back to `queued`: the
 submission job then takes it through the same pauses, rate limit, breaker and budget as a first
-submission (invariant 5). Drains and automatic retries move at most CLAYOPS_DRAIN_RATE leads per
+submission (invariant 5). Drains and automatic retries move at most drain_rate() leads per
 second, one maintenance tick at a time.
 """
 
@@ -26,6 +26,14 @@ from .models import AuditEntry, DeadLetter, Lead, Webhook
 D = DeadLetter.State
 OPEN_STATES = (D.PENDING, D.EXHAUSTED)  # entries an operator can still retry or discard
 GENERATION_KEY = "clayops:dlq:generation"
+# Pace of DLQ drains and automatic retries when CLAYOPS_DRAIN_RATE sets no cap: Clay's published
+# 10 records/s per workspace.
+DLQ_DRAIN_RATE_DEFAULT = 10.0
+
+
+def drain_rate() -> float:
+    """Leads per second that DLQ drains and automatic retries resubmit."""
+    return float(settings.CLAYOPS_DRAIN_RATE or DLQ_DRAIN_RATE_DEFAULT)
 
 
 def changed() -> None:
@@ -175,7 +183,7 @@ def drain_preview(*, webhook_id: int | None = None, error_class: str | None = No
     credits = Decimal("0")
     for per_row, n in _per_webhook_counts(qs):
         credits += per_row * n
-    rate = settings.CLAYOPS_DRAIN_RATE
+    rate = drain_rate()
     return {
         "count": count,
         "credits": credits,
@@ -196,7 +204,7 @@ def drain(
     """Resubmit every pending entry (matching the filters) at a bounded rate.
 
     Marks them due now with one more retry allowed; the maintenance tick resubmits at most
-    CLAYOPS_DRAIN_RATE per second of them, and each resubmission passes budget and breaker.
+    drain_rate() per second of them, and each resubmission passes budget and breaker.
     """
     now = timezone.now()
     qs = _filtered(webhook_id=webhook_id, error_class=error_class)
@@ -210,20 +218,16 @@ def drain(
         action="dlq_drain",
         target=f"webhook:{webhook_id}" if webhook_id else "all",
         count=count,
-        detail={"error_class": error_class or "", "rate_per_second": rate or settings.CLAYOPS_DRAIN_RATE},
+        detail={"error_class": error_class or "", "rate_per_second": rate or drain_rate()},
     )
     retry_due(now=now)
     return count
 
 
 def retry_due(*, now: datetime | None = None, limit: int | None = None) -> int:
-    """Automatic retries of due entries (and drains), at most CLAYOPS_DRAIN_RATE per second."""
+    """Automatic retries of due entries (and drains), at most drain_rate() per second."""
     now = now or timezone.now()
-    per_tick = (
-        limit
-        if limit is not None
-        else max(1, int(settings.CLAYOPS_DRAIN_RATE * settings.CLAYOPS_TICK_SECONDS))
-    )
+    per_tick = limit if limit is not None else max(1, int(drain_rate() * settings.CLAYOPS_TICK_SECONDS))
     due = list(
         DeadLetter.objects.filter(state=D.PENDING, next_retry_at__lte=now)
         .filter(Q(retry_count__lt=F("max_retries")))

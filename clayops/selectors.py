@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from . import breaker as breaker_service
 from . import health as health_service
+from .delivery import resolution
 from .dlq import GENERATION_KEY
 from .models import (
     Attempt,
@@ -56,13 +57,15 @@ PIPELINE_STATES = [
     Lead.State.SUBMITTING,
     Lead.State.ACCEPTED,
     Lead.State.ENRICHED,
+    Lead.State.OVERDUE,
+    Lead.State.UNCERTAIN,
     Lead.State.DEFERRED,
     Lead.State.RETRY_WAIT,
     Lead.State.DEAD,
 ]
 OTHER_STATES = [
     Lead.State.RECEIVED,
-    Lead.State.UNCERTAIN,
+    Lead.State.DELIVERED,
     Lead.State.SERVED_CACHE,
     Lead.State.SERVED_FALLBACK,
     Lead.State.DISCARDED,
@@ -87,6 +90,8 @@ LEAD_TONES: dict[str, Any] = {
     Lead.State.DEFERRED: "warn",
     Lead.State.RETRY_WAIT: "warn",
     Lead.State.UNCERTAIN: "warn",
+    Lead.State.OVERDUE: "bad",
+    Lead.State.DELIVERED: "ok",
     Lead.State.DEAD: "bad",
     Lead.State.DISCARDED: "muted",
 }
@@ -267,10 +272,16 @@ def _circuit(row: CircuitBreaker | None, *, now: datetime) -> Circuit:
     label, meaning, tone = CIRCUIT_WORDS.get(row.state, (row.state, "", "warn"))
     remaining = 0.0
     until = None
+    state = row.state
     if row.state == B.OPEN:
         remaining = max(0.0, float(breaker_service.cooldown_remaining(row, now=now)))
         until = now + timedelta(seconds=remaining)
-    return Circuit(row.state, label, meaning, tone, until, remaining, row.opened_at, row.consecutive_failures)
+        if remaining <= 0:
+            # Cooled down: the probe is scheduled for this moment; show the state it is entering.
+            state = B.HALF_OPEN
+            label, _, tone = CIRCUIT_WORDS[B.HALF_OPEN]
+            meaning = "cooldown over: the next request is a probe"
+    return Circuit(state, label, meaning, tone, until, remaining, row.opened_at, row.consecutive_failures)
 
 
 @dataclass
@@ -286,6 +297,18 @@ class Card:
     accepted_per_minute: int
     events: list[CircuitEvent] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    next_resend_at: datetime | None = None  # the earliest automatic resend of an uncertain lead
+
+    def count(self, state: str) -> int:
+        return next((n for s, n in self.depths if s == state), 0)
+
+    @property
+    def overdue(self) -> int:
+        return self.count(Lead.State.OVERDUE)
+
+    @property
+    def uncertain(self) -> int:
+        return self.count(Lead.State.UNCERTAIN)
 
     @property
     def offline(self) -> int:
@@ -381,9 +404,15 @@ def overview_cards(*, now: datetime | None = None, webhook_id: int | None = None
                 accepted_per_minute=ok,
                 events=events,
                 notes=_notes(webhook, now=now),
+                next_resend_at=_next_resend(webhook) if by_state.get(Lead.State.UNCERTAIN) else None,
             )
         )
     return cards
+
+
+def _next_resend(webhook: Webhook) -> datetime | None:
+    uncertain = Lead.objects.filter(webhook=webhook, state=Lead.State.UNCERTAIN)
+    return uncertain.order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
 
 
 def _has_breaker(webhook: Webhook) -> bool:
@@ -470,6 +499,12 @@ class LeadDetail:
     lead: Lead
     attempts: list[Attempt]
     dead_letters: list[DeadLetter]
+    charges: list[CreditReservation] = field(default_factory=list)  # one per send, oldest first
+    resend: dict | None = None  # the resend forecast, for a lead an operator may resolve
+
+    @property
+    def resolvable(self) -> bool:
+        return self.lead.state in resolution.RESOLVABLE
 
 
 def lead_detail(*, lead_id: int) -> LeadDetail | None:
@@ -478,7 +513,19 @@ def lead_detail(*, lead_id: int) -> LeadDetail | None:
         return None
     attempts = list(lead.attempts.select_related("webhook")[:LEAD_ATTEMPTS])
     dead_letters = list(lead.dead_letters.select_related("webhook")[:10])
-    return LeadDetail(lead, attempts, dead_letters)
+    charges = list(CreditReservation.objects.filter(lead=lead).order_by("id")[:20])
+    detail = LeadDetail(lead, attempts, dead_letters, charges)
+    if detail.resolvable:
+        detail.resend = resolution.resend_forecast([lead.pk])
+    return detail
+
+
+def resolve_summary(*, state: str, webhook_id: int | None = None) -> dict | None:
+    """For the leads page filtered on overdue or uncertain leads: how many, and what a resend costs."""
+    if state not in resolution.RESOLVABLE:
+        return None
+    ids = resolution.select(state=state, webhook_id=webhook_id)
+    return {"state": state, "webhook_id": webhook_id, **resolution.resend_forecast(ids)}
 
 
 # --- Imports ------------------------------------------------------------------------------------

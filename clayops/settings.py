@@ -228,8 +228,9 @@ CLAYOPS_STUCK_SUBMITTING_SECONDS = envint("CLAYOPS_STUCK_SUBMITTING_SECONDS", 12
 CLAYOPS_RESERVATION_TTL_SECONDS = envint("CLAYOPS_RESERVATION_TTL_SECONDS", 300)
 # Enrichment cache lifetime.
 CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
-# Rate of resubmission for drains (DLQ and offline queue), leads per second.
-CLAYOPS_DRAIN_RATE = envfloat("CLAYOPS_DRAIN_RATE", 5.0)
+# A cap on drains, leads per second; 0 (the default): the offline queue drains at the workspace's own
+# rate limit and DLQ drains and automatic retries at DLQ_DRAIN_RATE_DEFAULT.
+CLAYOPS_DRAIN_RATE = envfloat("CLAYOPS_DRAIN_RATE", 0.0)
 # Leads one submission job sends at once (threads sharing the worker's connection pool).
 CLAYOPS_SEND_CONCURRENCY = envint("CLAYOPS_SEND_CONCURRENCY", 16)
 # Transient failures (5xx, timeouts, connection errors) before a lead goes to the DLQ.
@@ -245,7 +246,7 @@ CLAYOPS_DLQ_MAX_RETRIES = envint("CLAYOPS_DLQ_MAX_RETRIES", 3)
 CLAYOPS_DLQ_RETRY_DELAY_SECONDS = envint("CLAYOPS_DLQ_RETRY_DELAY_SECONDS", 600)
 # Pause for the workspace after Clay answers 402 (credits or actions exhausted at Clay).
 CLAYOPS_PAYMENT_PAUSE_SECONDS = envint("CLAYOPS_PAYMENT_PAUSE_SECONDS", 3600)
-# Seconds between maintenance ticks (RQ cron); drains move at most DRAIN_RATE * tick leads per tick.
+# Seconds between maintenance ticks (RQ cron); the cron interval and the unit of drain pacing.
 CLAYOPS_TICK_SECONDS = envint("CLAYOPS_TICK_SECONDS", 10)
 # A lead `queued` this long while the submit queue is idle lost its job (Redis lost data): requeue.
 CLAYOPS_ORPHAN_SECONDS = envint("CLAYOPS_ORPHAN_SECONDS", 60)

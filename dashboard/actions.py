@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import trigger_client_event
 
 from clayops import breaker, delivery, dlq, imports, selectors
+from clayops.delivery import resolution
 from clayops.models import Webhook
 
 from .access import HtmxHttpRequest, operator_required
@@ -80,7 +81,12 @@ def import_upload(request: HtmxHttpRequest) -> HttpResponse:
 def _entry_ids(request: HtmxHttpRequest) -> list[int]:
     """The one entry of a per-row button (`only`), else the checked boxes (`ids`)."""
     raw = [request.POST["only"]] if request.POST.get("only") else request.POST.getlist("ids")
-    return sorted({int(v) for v in raw if v.isdigit()})
+    return sorted({n for n in map(_id, raw) if n is not None})
+
+
+def _id(value: str) -> int | None:
+    """A database id from a form value, or None (not ASCII digits, or past what an id column holds)."""
+    return int(value) if value.isascii() and value.isdigit() and 0 < int(value) < 2**63 else None
 
 
 def _dlq_done(request: HtmxHttpRequest, message: str, event: str, count: int) -> HttpResponse:
@@ -122,7 +128,7 @@ def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 @operator_required
 def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
-    webhook_id = int(request.POST["webhook"]) if request.POST.get("webhook", "").isdigit() else None
+    webhook_id = _id(request.POST.get("webhook", ""))
     error_class = request.POST.get("error_class") or None
     n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class)
     message = f"Draining {n} entr{'y' if n == 1 else 'ies'} at the drain rate, through budget and breaker."
@@ -135,3 +141,23 @@ def _said(verb: str, done: int, asked: int) -> str:
     noun = "entry" if done == 1 else "entries"
     skipped = f" ({asked - done} were no longer pending)" if asked > done else ""
     return f"{verb} {done} {noun}{skipped}."
+
+
+@require_POST
+@operator_required
+def leads_resolve(request: HtmxHttpRequest) -> HttpResponse:
+    """Overdue or uncertain leads: wait longer, resend or mark delivered; the ones checked (`ids`),
+    else every lead in `state` (of `webhook`)."""
+    action, state = request.POST.get("action", ""), request.POST.get("state", "")
+    if action not in resolution.ACTIONS or state not in resolution.RESOLVABLE:
+        return HttpResponse("Unknown action or state.", status=400, content_type="text/plain")
+    webhook_id = _id(request.POST.get("webhook", ""))
+    ids = _entry_ids(request)
+    chosen = resolution.select(state=state, webhook_id=webhook_id, lead_ids=ids)
+    n = resolution.resolve(action=action, lead_ids=chosen, by=request.user) if chosen else 0
+    verb = {"wait": "Waiting longer for", "resend": "Resending", "deliver": "Marked delivered:"}[action]
+    messages.success(request, f"{verb} {n} lead{'s' if n != 1 else ''}.")
+    nxt = request.POST.get("next", "")
+    if nxt and url_has_allowed_host_and_scheme(nxt, {request.get_host()}):
+        return redirect(nxt)
+    return redirect(reverse("dashboard:leads") + f"?state={state}")

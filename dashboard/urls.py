@@ -11,6 +11,7 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/drain-deferred", actions.offline_drain, name="offline_drain"),
     path("leads/", views.leads, name="leads"),
     path("leads/<int:lead_id>/", views.lead_detail, name="lead_detail"),
+    path("leads/resolve", actions.leads_resolve, name="leads_resolve"),
     path("imports/", views.imports, name="imports"),
     path("imports/upload", actions.import_upload, name="import_upload"),
     path("imports/<int:import_id>/", views.import_detail, name="import_detail"),

@@ -37,8 +37,11 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
 def leads(request: HtmxHttpRequest) -> HttpResponse:
     form = LeadFilterForm(request.GET)
     size = selectors.page_size(request.GET.get("size"))
-    page = selectors.leads_page(filters=clean_filters(form), cursor=request.GET.get("cursor"), size=size)
-    return render_page(request, "dashboard/leads.html", "results", {"form": form, "page": page})
+    filters = clean_filters(form)
+    page = selectors.leads_page(filters=filters, cursor=request.GET.get("cursor"), size=size)
+    resolve = selectors.resolve_summary(state=filters.get("state") or "", webhook_id=filters.get("webhook"))
+    context = {"form": form, "page": page, "resolve": resolve}
+    return render_page(request, "dashboard/leads.html", "results", context)
 
 
 @viewer_required
