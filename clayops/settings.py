@@ -95,6 +95,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from the web server itself (no proxy needed), compressed, cached by the browser.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -155,6 +157,15 @@ RQ_QUEUES = {
     "maintenance": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300},
 }
 RQ = {"COMMIT_MODE": "on_db_commit"}
+# One cache for every web process and worker (the dashboard's short-lived counts), in Redis'
+# database 1 (RQ uses 0); a Redis outage turns it into misses, never errors (clayops.cache).
+CACHES = {
+    "default": {
+        "BACKEND": "clayops.cache.ResilientRedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"db": 1, "socket_timeout": 2, "socket_connect_timeout": 2},
+    }
+}
 
 # --- Auth, i18n, static -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -175,6 +186,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from static/ without collectstatic (development and tests); production collects.
+WHITENOISE_USE_FINDERS = envbool("WHITENOISE_USE_FINDERS", DEBUG)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 
 # Uploads: imports are streamed from disk, never held in memory whole.

@@ -29,6 +29,9 @@ elif not os.environ.get("CLAYOPS_TEST_REDIS_STARTED"):
 from clayops.settings import *  # noqa: E402,F403
 from clayops.settings import DATABASES, VAR_DIR  # noqa: E402
 
+WHITENOISE_USE_FINDERS = True  # static files straight from static/, no collectstatic
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 SECURE_SSL_REDIRECT = False
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False

@@ -1,17 +1,15 @@
-"""Start the whole application with embedded defaults; Ctrl-C stops all of it.
+"""Start the whole application with embedded defaults; Ctrl-C, SIGTERM or SIGHUP stops all of it.
 
 Redis (private, unless REDIS_URL is set), migrations, roles, an operator login, the local Clay
 simulator wired up as the default webhook, RQ worker(s) with the scheduler, RQ cron for periodic
-maintenance, and the web server.
+maintenance, and the web server, each supervised: a child that dies is restarted with backoff, and
+so is the embedded Redis (clayops.devtools.supervisor).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from clayops import provisioning
 from clayops.contract import CALLBACK_HEADER
+from clayops.devtools.supervisor import Stop, Supervisor, ignore_stop_signals, install_stop_handlers
+
+
+# gunicorn processes for the web: two, so the page stays up while one is busy or restarting.
+WEB_PROCESSES = 2
 
 
 class Command(BaseCommand):
@@ -35,45 +38,82 @@ class Command(BaseCommand):
         parser.add_argument("--no-simulator", action="store_true", help="Do not start the Clay simulator.")
         parser.add_argument("--workers", type=int, default=2, help="RQ worker processes to start.")
         parser.add_argument("--username", default="operator")
+        parser.add_argument(
+            "--reset-password", action="store_true", help="Give the operator a new password (printed once)."
+        )
 
     def handle(self, *args, **opts):
+        install_stop_handlers()
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         env = self._child_env(opts)
         redis_server = self._start_redis()
         env["REDIS_URL"] = settings.REDIS_URL
-        children: list[tuple[str, subprocess.Popen]] = []
-
-        def spawn(name: str, argv: list[str]) -> None:
-            proc = subprocess.Popen([sys.executable, *argv], env=env, start_new_session=True)
-            children.append((name, proc))
-
+        supervisor = Supervisor(
+            env=env, say=self._say, status_file=str(Path(settings.VAR_DIR) / "supervisor.json")
+        )
+        if redis_server is not None:
+            supervisor.watchdogs.append(lambda: _revive(redis_server))
         try:
             call_command("migrate", interactive=False, verbosity=0)
-            provisioning.ensure_roles()
-            password = secrets.token_urlsafe(12)
-            provisioning.ensure_operator(opts["username"], password)
+            login = self._operator_login(opts)
             if not opts["no_simulator"]:
-                self._start_simulator(spawn, manage, opts, env)
+                self._start_simulator(supervisor, manage, opts, env)
             queues = ["submit", "maintenance", "default"]
             for i in range(max(1, opts["workers"])):
                 argv = [manage, "rqworker", *queues, "--worker-class", "rq.worker.SimpleWorker"]
                 if i == 0:
                     argv.append("--with-scheduler")
-                spawn(f"worker-{i + 1}", argv)
-            spawn("cron", [manage, "rqcron", "clayops.cron"])
-            spawn("web", [manage, "runserver", "--noreload", "--insecure", f"{opts['host']}:{opts['port']}"])
+                supervisor.add(f"worker-{i + 1}", [sys.executable, *argv])
+            supervisor.add("cron", [sys.executable, manage, "rqcron", "clayops.cron"])
+            supervisor.add("web", [sys.executable, *self._web_argv(manage, opts)])
             self._wait_http(f"http://{opts['host']}:{opts['port']}/healthz", "web server")
-            self._banner(opts, password)
-            self._supervise(children)
+            self._banner(opts, login)
+            supervisor.run()
+        except Stop as stop:
+            self._say(f"{stop}: stopping ...")
         except KeyboardInterrupt:
-            self.stdout.write("\nStopping ...")
+            self._say("Stopping ...")
         finally:
-            # A second Ctrl-C must not leave processes behind: finish stopping first.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            self._stop(children)
+            ignore_stop_signals()
+            supervisor.stop()
             if redis_server is not None:
                 redis_server.stop()
-            self.stdout.write("clayops stopped.")
+            self._say("clayops stopped.")
+
+    def _say(self, message: str) -> None:
+        self.stdout.write(message)
+        self.stdout.flush()
+
+    def _web_argv(self, manage: str, opts) -> list[str]:
+        """The production web server (gunicorn, static files by whitenoise): what runs is what is tested."""
+        call_command("collectstatic", interactive=False, verbosity=0)
+        return [
+            "-m",
+            "gunicorn",
+            "clayops.wsgi:application",
+            "--bind",
+            f"{opts['host']}:{opts['port']}",
+            "--workers",
+            str(WEB_PROCESSES),
+            "--threads",
+            "4",
+            "--graceful-timeout",
+            "20",
+        ]
+
+    def _operator_login(self, opts) -> str:
+        """The operator's login line. The password is made once and kept in var/operator_password
+        (0600), so restarts keep the operator's sessions; --reset-password makes a new one."""
+        provisioning.ensure_roles()
+        path = Path(settings.VAR_DIR) / "operator_password"
+        password = None if opts["reset_password"] else _read_secret(path)
+        if password is None:
+            password = secrets.token_urlsafe(12)
+            provisioning.ensure_operator(opts["username"], password)
+            _write_secret(path, password)
+            return f"{opts['username']} / {password}"
+        provisioning.ensure_operator(opts["username"], password)
+        return f"{opts['username']} / {password}  (kept in {path}; `up --reset-password` for a new one)"
 
     def _child_env(self, opts) -> dict[str, str]:
         env = dict(os.environ)
@@ -93,15 +133,16 @@ class Command(BaseCommand):
 
         redis_server = EmbeddedRedis(settings.EMBEDDED_REDIS_DIR)
         started = redis_server.start()
-        self.stdout.write(
+        self._say(
             f"Redis: private valkey-server on {redis_server.url}" + ("" if started else " (already running)")
         )
         return redis_server
 
-    def _start_simulator(self, spawn, manage: str, opts, env: dict[str, str]) -> None:
+    def _start_simulator(self, supervisor: Supervisor, manage: str, opts, env: dict[str, str]) -> None:
         """Start the Clay simulator, wire it up as the default webhook and tell it where to call back."""
         sim_url = f"http://127.0.0.1:{opts['sim_port']}"
-        spawn("simulator", [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])])
+        argv = [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])]
+        supervisor.add("simulator", [sys.executable, *argv])
         self._wait_http(f"{sim_url}/_sim/health", "Clay simulator")
         webhook = provisioning.ensure_simulator_webhook(sim_url)
         callback = env["CLAYOPS_PUBLIC_URL"] + webhook.callback_path
@@ -111,7 +152,7 @@ class Command(BaseCommand):
             timeout=5,
         ).raise_for_status()
 
-    def _banner(self, opts, password: str) -> None:
+    def _banner(self, opts, login: str) -> None:
         bar = "=" * 64
         simulator = (
             f" Clay simulator: http://127.0.0.1:{opts['sim_port']}/ (default webhook)\n"
@@ -121,9 +162,7 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"\n{bar}\n clayops is up: http://{opts['host']}:{opts['port']}/\n"
-                f" operator login: {opts['username']} / {password}\n"
-                + simulator
-                + f" Press Ctrl-C to stop everything.\n{bar}\n"
+                f" operator login: {login}\n" + simulator + f" Press Ctrl-C to stop everything.\n{bar}\n"
             )
         )
 
@@ -138,23 +177,27 @@ class Command(BaseCommand):
             time.sleep(0.2)
         raise CommandError(f"{what} did not answer on {url} within {timeout:.0f}s")
 
-    def _supervise(self, children) -> None:
-        while True:
-            for name, proc in children:
-                code = proc.poll()
-                if code is not None:
-                    raise CommandError(f"{name} exited with code {code}; stopping the rest")
-            time.sleep(0.5)
 
-    def _stop(self, children) -> None:
-        for _name, proc in children:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for _name, proc in children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+def _revive(redis_server) -> str | None:
+    """Watchdog: the embedded Redis died (killed, crashed): start it again (its append-only file
+    keeps the queued jobs; the database rebuilds whatever was lost)."""
+    if redis_server.is_running():
+        return None
+    redis_server.start()
+    return f"embedded Redis was down: restarted on {redis_server.url}"
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        return None
+    return value or None
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    os.chmod(path, 0o600)
