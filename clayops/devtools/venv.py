@@ -1,8 +1,10 @@
 """Create and fill the project's virtual environment, then re-run the command inside it.
 
-Standard library only: this runs before any dependency is installed. The dependency lists are read
-from pyproject.toml, so there is one place that names them. A stamp file in .venv remembers what was
-installed; a changed pyproject.toml triggers a reinstall of the changed lists only.
+Standard library only: this runs before any dependency is installed. Dependencies are named in
+pyproject.toml and installed from the locked, hashed files made from it (requirements/runtime.txt,
+and requirements/test.txt for the test command), in pip's hash-checking mode. A stamp file in .venv
+remembers what was installed; a changed lock file triggers a reinstall. `python3 manage.py lock`
+re-resolves both files to the newest versions pyproject.toml allows.
 
 Set CLAYOPS_NO_VENV=1 to run in the current interpreter (a container or an environment you manage).
 """
@@ -13,7 +15,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import tomllib
 import venv
 from pathlib import Path
 
@@ -27,23 +28,42 @@ def _venv_python() -> Path:
     return VENV / "bin" / "python"
 
 
-def _requirements(extras: list[str]) -> list[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = list(project["dependencies"])
-    for extra in extras:
-        reqs += project["optional-dependencies"][extra]
-    return reqs
+# Locked, hashed dependency sets, made from pyproject.toml by pip-tools (`python3 manage.py lock`).
+LOCKS = {"runtime": ROOT / "requirements" / "runtime.txt", "test": ROOT / "requirements" / "test.txt"}
+LOCK_ARGS = [
+    "--generate-hashes",
+    "--allow-unsafe",
+    "--strip-extras",
+    "--no-emit-index-url",
+    "--no-emit-find-links",
+]
 
 
-def _install(reqs: list[str], label: str) -> None:
-    digest = hashlib.sha256("\n".join(reqs).encode()).hexdigest()
+def _install(label: str) -> None:
+    """Install the lock file `label` exactly (pip's hash-checking mode), unless already installed."""
+    lock = LOCKS[label]
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     stamp = VENV / f".clayops-{label}.sha256"
     if stamp.exists() and stamp.read_text() == digest:
         return
-    print(f"clayops: installing {label} dependencies into {VENV} ...", flush=True)
+    print(f"clayops: installing {label} dependencies ({lock.relative_to(ROOT)}) into {VENV} ...", flush=True)
     pip = [str(_venv_python()), "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "install", "--quiet", *reqs], check=True)
+    subprocess.run([*pip, "install", "--quiet", "--require-hashes", "-r", str(lock)], check=True)
     stamp.write_text(digest)
+
+
+def lock(upgrade: bool = True) -> None:
+    """`python3 manage.py lock`: re-resolve pyproject.toml into the lock files (newest allowed versions)."""
+    pip = [str(_venv_python()), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "install", "--quiet", "pip-tools>=7.4"], check=True)
+    compile_ = [str(VENV / "bin" / "pip-compile"), "--quiet", *LOCK_ARGS, *(["--upgrade"] if upgrade else [])]
+    env = dict(os.environ, PIP_FIND_LINKS="", PIP_CONSTRAINT="")
+    for label, path in LOCKS.items():
+        extra = ["--extra", label] if label != "runtime" else []
+        subprocess.run(
+            [*compile_, *extra, "-o", str(path), str(ROOT / "pyproject.toml")], check=True, env=env
+        )
+        print(f"clayops: wrote {path.relative_to(ROOT)}", flush=True)
 
 
 def ensure_environment(argv: list[str]) -> None:
@@ -55,9 +75,10 @@ def ensure_environment(argv: list[str]) -> None:
     if not _venv_python().exists():
         print(f"clayops: creating virtual environment {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    _install(_requirements([]), "runtime")
-    if extras:
-        _install(_requirements(extras), "test")
+    if command == "lock":
+        lock()
+        sys.exit(0)
+    _install("test" if extras else "runtime")
     if Path(sys.prefix).resolve() != VENV.resolve():
         python = str(_venv_python())
         os.execv(python, [python, *argv])
