@@ -23,7 +23,6 @@ from clayops import provisioning
 from clayops.contract import CALLBACK_HEADER
 from clayops.devtools.supervisor import Stop, Supervisor, ignore_stop_signals, install_stop_handlers
 
-
 # gunicorn processes for the web: two, so the page stays up while one is busy or restarting.
 WEB_PROCESSES = 2
 
