@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import degrade
+from .models import Lead
+from .provisioning import can_operate, can_view
 
 
 @require_GET
@@ -36,15 +41,18 @@ def clay_callback(request: HttpRequest, webhook_id: int) -> HttpResponse:
     return handle_callback(request, webhook_id)
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
 def lead_data(request: HttpRequest, lead_id: int) -> HttpResponse:
-    """The best data for a lead now: Clay's enrichment, else the cache by domain, else a fallback."""
-    from django.shortcuts import get_object_or_404
+    """The best data for a lead now: Clay's enrichment, else the cache by domain, else a fallback.
 
-    from .degrade import lead_data as best_data
-    from .models import Lead
-
+    GET reads (viewers and operators). POST serves it: records the answer on the lead and moves a
+    deferred lead to served_cache / served_fallback (operators, with CSRF like every dashboard POST).
+    """
     if not request.user.is_authenticated:
         return JsonResponse({"ok": False, "error": "login required"}, status=401)
+    allowed = can_operate(request.user) if request.method == "POST" else can_view(request.user)
+    if not allowed:
+        return JsonResponse({"ok": False, "error": "no role in clayops allows this"}, status=403)
     lead = get_object_or_404(Lead, pk=lead_id)
-    return JsonResponse({"ok": True, "lead_id": lead.pk, "state": lead.state, **best_data(lead)})
+    answer = degrade.lead_data(lead) if request.method == "POST" else degrade.best_answer(lead)[0]
+    return JsonResponse({"ok": True, "lead_id": lead.pk, "state": lead.state, **answer})

@@ -21,10 +21,23 @@ from django.utils import timezone
 from . import budget
 from .contract import CALLBACK_HEADER, LEAD_ID_FIELD, SEND_ID_FIELD
 from .dlq import resolve_for_leads
-from .models import DeadLetter, EnrichmentCache, Lead, Webhook
+from .models import AuditEntry, CreditReservation, DeadLetter, EnrichmentCache, Lead, Webhook
 
 log = logging.getLogger("clayops.callbacks")
 MAX_CALLBACK_BYTES = 1_000_000
+MAX_DEPTH = 20  # nesting of a callback's JSON (Clay's rows are flat; enrichment columns nest a little)
+MAX_ROWS = 100  # rows in one callback (batch mode sends up to 10)
+# Leads Clay has (or may have) taken: a callback for any other lead is refused.
+SENT_STATES = {
+    Lead.State.SUBMITTING,
+    Lead.State.ACCEPTED,
+    Lead.State.UNCERTAIN,
+    Lead.State.OVERDUE,
+    Lead.State.DELIVERED,
+    Lead.State.ENRICHED,
+    Lead.State.RETRY_WAIT,  # a failed send may still have reached Clay
+    Lead.State.DEAD,
+}
 # Fields of a callback that describe the call, not the company.
 META_FIELDS = {LEAD_ID_FIELD, SEND_ID_FIELD, "credits_used", "enrichment_status"}
 
@@ -48,37 +61,103 @@ def handle_callback(request: HttpRequest, webhook_id: int) -> HttpResponse:
         return _error(401, f"missing or wrong {CALLBACK_HEADER} header")
     if len(request.body) > MAX_CALLBACK_BYTES:
         return _error(413, "callback body too large")
-    try:
-        payload = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not valid JSON")
-    rows = payload if isinstance(payload, list) else [payload]
-    if not rows or not all(isinstance(row, dict) for row in rows):
-        return _error(400, "body must be a JSON object (or an array of objects)")
-    results = []
+    rows, problem = _parse(request.body)
+    if problem is not None:
+        return _error(400, problem)
+    checked = []
     for row in rows:
-        try:
-            lead_id = int(row.get(LEAD_ID_FIELD))
-        except (TypeError, ValueError):
-            return _error(400, f"each row needs an integer {LEAD_ID_FIELD}")
-        results.append(apply_enrichment(lead_id, row))
+        lead_id, problem = _check_row(row, webhook_id)
+        if problem is not None:
+            return _refuse(webhook_id, row, *problem)
+        checked.append((lead_id, row))
+    results = [apply_enrichment(lead_id, row) for lead_id, row in checked]
     if len(rows) == 1:
-        status = {"unknown": 404}.get(results[0], 200)
-        if status == 404:
-            return _error(404, f"unknown lead {rows[0].get(LEAD_ID_FIELD)}")
-        return JsonResponse({"ok": True, "result": results[0]}, status=status)
+        return JsonResponse({"ok": True, "result": results[0]})
     return JsonResponse({"ok": True, "results": results})
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parse(body: bytes) -> tuple[list[dict], str | None]:
+    """The rows of a callback body, or a problem: not JSON (NaN and Infinity refused), nested
+    deeper than MAX_DEPTH, not an object or an array of at most MAX_ROWS objects."""
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return [], "body is not valid JSON"
+    if _depth(payload) > MAX_DEPTH:
+        return [], f"body is nested deeper than {MAX_DEPTH} levels"
+    rows = payload if isinstance(payload, list) else [payload]
+    if not rows or not all(isinstance(row, dict) for row in rows):
+        return [], "body must be a JSON object (or an array of objects)"
+    if len(rows) > MAX_ROWS:
+        return [], f"at most {MAX_ROWS} rows per callback"
+    return rows, None
+
+
+def _depth(value) -> int:
+    """How deeply containers nest in a parsed JSON value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                stack.extend(
+                    (child, level + 1) for child in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest
+
+
+def _check_row(row: dict, webhook_id: int) -> tuple[int, tuple[int, str] | None]:
+    """The row's lead id, or (status, reason) why the callback is refused: an id out of range, credits
+    that are not a finite number between 0 and CLAYOPS_MAX_CREDITS_PER_ROW, an unknown lead, a lead
+    of another webhook than the one whose secret authenticated the call, a lead never sent."""
+    raw = row.get(LEAD_ID_FIELD)
+    lead_id = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 20:
+        lead_id = int(raw)
+    if lead_id is None or not 0 < lead_id < 2**63:
+        return 0, (400, f"each row needs a positive integer {LEAD_ID_FIELD}")
+    if "credits_used" in row and row["credits_used"] is not None and _credits(row) is None:
+        limit = settings.CLAYOPS_MAX_CREDITS_PER_ROW
+        return lead_id, (400, f"credits_used must be a number from 0 to {limit}")
+    lead = Lead.objects.filter(pk=lead_id).values("webhook_id", "state").first()
+    if lead is None:
+        return lead_id, (404, f"unknown lead {lead_id}")
+    if lead["webhook_id"] != webhook_id:
+        return lead_id, (403, f"lead {lead_id} was not sent to this webhook")
+    sent = lead["state"] in SENT_STATES or CreditReservation.objects.filter(lead_id=lead_id).exists()
+    if not sent:
+        return lead_id, (409, f"lead {lead_id} was never sent to Clay")
+    return lead_id, None
+
+
+def _refuse(webhook_id: int, row: dict, status: int, reason: str) -> JsonResponse:
+    """Refuse the whole callback (nothing is applied), audited and logged."""
+    AuditEntry.objects.create(
+        action="callback_refused",
+        target=f"webhook:{webhook_id}",
+        detail={"status": status, "reason": reason[:200], "lead": str(row.get(LEAD_ID_FIELD))[:40]},
+    )
+    log.warning("callback for webhook %s refused (%s): %s", webhook_id, status, reason)
+    return _error(status, reason)
+
+
 def _credits(row: dict) -> Decimal | None:
+    """Clay's figure for the row, when it is a finite number from 0 to CLAYOPS_MAX_CREDITS_PER_ROW."""
     value = row.get("credits_used")
-    if value is None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
         credits = Decimal(str(value))
     except (InvalidOperation, ValueError):
         return None
-    return credits if credits >= 0 else None
+    if not credits.is_finite() or not 0 <= credits <= settings.CLAYOPS_MAX_CREDITS_PER_ROW:
+        return None
+    return credits
 
 
 def _send_id(row: dict) -> int | None:

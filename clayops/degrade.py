@@ -44,26 +44,31 @@ def fallback_for(lead: Lead) -> dict:
     return data
 
 
-def lead_data(lead: Lead, *, now=None) -> dict:
-    """The best data clayops has for a lead now: {"source": "clay"|"cache"|"fallback", "data": {...}}."""
+def best_answer(lead: Lead, *, now=None) -> tuple[dict, EnrichmentCache | None]:
+    """The best data clayops has for a lead now, without recording anything (a read):
+    ({"source": "clay"|"cache"|"fallback", "data": {...}, "at": ...}, the cache row used, if any)."""
     now = now or timezone.now()
     if lead.enriched is not None:
-        return {
-            "source": "clay",
-            "data": lead.enriched,
-            "at": lead.enriched_at.isoformat() if lead.enriched_at else None,
-        }
+        at = lead.enriched_at.isoformat() if lead.enriched_at else None
+        return {"source": "clay", "data": lead.enriched, "at": at}, None
     cached = None
     if lead.domain:
         cached = EnrichmentCache.objects.filter(domain=lead.domain, expires_at__gt=now).first()
     if cached is not None:
+        return {"source": "cache", "data": cached.data, "at": cached.fetched_at.isoformat()}, cached
+    return {"source": "fallback", "data": fallback_for(lead), "at": now.isoformat()}, None
+
+
+def lead_data(lead: Lead, *, now=None) -> dict:
+    """Serve the best data for a lead and record it (a write): the cache hit is counted, the answer
+    stored on the lead, and a deferred lead moves to served_cache / served_fallback (still in the
+    offline queue)."""
+    answer, cached = best_answer(lead, now=now)
+    if answer["source"] == "clay":
+        return answer
+    if cached is not None:
         EnrichmentCache.objects.filter(pk=cached.pk).update(hits=F("hits") + 1)
-        answer = {"source": "cache", "data": cached.data, "at": cached.fetched_at.isoformat()}
-        new_state = Lead.State.SERVED_CACHE
-    else:
-        answer = {"source": "fallback", "data": fallback_for(lead), "at": now.isoformat()}
-        new_state = Lead.State.SERVED_FALLBACK
-    # Record what was served; a deferred lead shows it was served but stays in the offline queue.
+    new_state = Lead.State.SERVED_CACHE if cached is not None else Lead.State.SERVED_FALLBACK
     Lead.objects.filter(pk=lead.pk).update(served=answer)
     Lead.objects.filter(
         pk=lead.pk, state__in=[Lead.State.DEFERRED, Lead.State.SERVED_CACHE, Lead.State.SERVED_FALLBACK]

@@ -14,6 +14,26 @@ OPERATORS = "operators"
 SIMULATOR_TABLE = "t_default"
 
 
+OPERATE = "clayops.operate"
+
+
+def can_view(user) -> bool:
+    """Viewers and operators see everything; a logged-in user with neither role sees nothing."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser or user.has_perm(OPERATE):
+        return True
+    cached = getattr(user, "_clayops_can_view", None)
+    if cached is None:
+        cached = user.groups.filter(name__in=[VIEWERS, OPERATORS]).exists()
+        user._clayops_can_view = cached
+    return cached
+
+
+def can_operate(user) -> bool:
+    return user.is_authenticated and user.has_perm(OPERATE)
+
+
 def ensure_roles() -> None:
     """Viewers see everything; operators also act (retry, discard, drain, breaker, upload)."""
     Group.objects.get_or_create(name=VIEWERS)

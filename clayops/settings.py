@@ -243,6 +243,8 @@ CLAYOPS_UNCERTAIN_GRACE_SECONDS = envint("CLAYOPS_UNCERTAIN_GRACE_SECONDS", 900)
 CLAYOPS_STUCK_SUBMITTING_SECONDS = envint("CLAYOPS_STUCK_SUBMITTING_SECONDS", 120)
 # Credit reservations expire (and are reaped) after this long.
 CLAYOPS_RESERVATION_TTL_SECONDS = envint("CLAYOPS_RESERVATION_TTL_SECONDS", 300)
+# The most credits one row's enrichment may report in a callback; a larger figure is refused (400).
+CLAYOPS_MAX_CREDITS_PER_ROW = envint("CLAYOPS_MAX_CREDITS_PER_ROW", 1000)
 # Enrichment cache lifetime.
 CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
 # A cap on drains, leads per second; 0 (the default): the offline queue drains at the workspace's own

@@ -11,25 +11,9 @@ from django.http import HttpRequest, HttpResponse
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
-from clayops.provisioning import OPERATORS, VIEWERS
+from clayops.provisioning import can_operate, can_view
 
-OPERATE = "clayops.operate"
-
-
-def can_view(user) -> bool:
-    if not user.is_authenticated or not user.is_active:
-        return False
-    if user.is_superuser or user.has_perm(OPERATE):
-        return True
-    cached = getattr(user, "_clayops_can_view", None)
-    if cached is None:
-        cached = user.groups.filter(name__in=[VIEWERS, OPERATORS]).exists()
-        user._clayops_can_view = cached
-    return cached
-
-
-def can_operate(user) -> bool:
-    return user.is_authenticated and user.has_perm(OPERATE)
+__all__ = ["can_operate", "can_view", "operator_required", "viewer_required"]
 
 
 def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

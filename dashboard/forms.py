@@ -21,7 +21,7 @@ class LeadFilterForm(forms.Form):
     )
     state = forms.ChoiceField(label="State", required=False, choices=_blank("Any state", Lead.State.choices))
     webhook = forms.TypedChoiceField(label="Webhook", required=False, coerce=int, empty_value=None)
-    lead_import = forms.IntegerField(label="Import #", required=False, min_value=1)
+    lead_import = forms.IntegerField(label="Import #", required=False, min_value=1, max_value=2**63 - 1)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

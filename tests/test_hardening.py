@@ -1,0 +1,171 @@
+"""Inputs from the network cannot corrupt the books: each case an attacker or a careless client
+tried on the callback and the lead-data endpoint answers 4xx with a reason and changes nothing."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from clayops import budget
+from clayops.contract import CALLBACK_HEADER
+from clayops.models import AuditEntry, CreditReservation, EnrichmentCache, Lead
+from tests.factories import make_lead, make_user, make_webhook
+
+S = Lead.State
+
+
+def post(client, webhook, raw):
+    return client.post(
+        reverse("clay-callback", args=[webhook.pk]),
+        data=raw if isinstance(raw, str | bytes) else json.dumps(raw),
+        content_type="application/json",
+        headers={CALLBACK_HEADER: webhook.callback_secret},
+    )
+
+
+@pytest.fixture
+def sent(webhook):
+    """A lead Clay accepted, with its send booked at the estimate."""
+    lead = make_lead(0, webhook=webhook, state=S.ACCEPTED)
+    holds = budget.reserve_many(budget=webhook.workspace.budget, amount=Decimal("6"), lead_ids=[lead.pk])
+    budget.settle_many(holds.values())
+    return lead
+
+
+def books(webhook):
+    usage = budget.usage_for(webhook.workspace.budget)
+    return usage.spent, usage.reserved
+
+
+@pytest.mark.parametrize("credits", ["1e20", 1e20, -1, "NaN", "Infinity", "abc", True, [1], 1001])
+def test_it_refuses_credits_that_are_not_a_sane_number_and_keeps_the_books(client, webhook, sent, credits):
+    before = books(webhook)
+
+    response = post(client, webhook, {"clayops_lead_id": sent.pk, "credits_used": credits})
+
+    assert response.status_code == 400 and "credits_used" in response.json()["error"]
+    sent.refresh_from_db()
+    assert sent.state == S.ACCEPTED and sent.enriched is None
+    assert books(webhook) == before
+    assert client.get(reverse("dashboard:overview")).status_code in (200, 302)  # no 500 afterwards
+
+
+def test_it_accepts_credits_up_to_the_configured_maximum(client, webhook, sent, settings):
+    settings.CLAYOPS_MAX_CREDITS_PER_ROW = 50
+    assert post(client, webhook, {"clayops_lead_id": sent.pk, "credits_used": 51}).status_code == 400
+    assert post(client, webhook, {"clayops_lead_id": sent.pk, "credits_used": "49.5"}).status_code == 200
+    assert books(webhook) == (Decimal("49.5"), Decimal("0"))
+
+
+def test_it_refuses_a_lead_of_another_webhook_and_leaves_the_cache_alone(client, webhook, workspace):
+    other_hook = make_webhook(workspace=workspace, name="other")
+    theirs = make_lead(1, webhook=other_hook, state=S.ACCEPTED, domain="acme.com")
+    EnrichmentCache.objects.create(
+        domain="acme.com", data={"company": "Real"}, expires_at="2099-01-01T00:00Z"
+    )
+
+    response = post(client, webhook, {"clayops_lead_id": theirs.pk, "company": "Forged"})
+
+    assert response.status_code == 403 and "not sent to this webhook" in response.json()["error"]
+    theirs.refresh_from_db()
+    assert theirs.state == S.ACCEPTED and theirs.enriched is None
+    assert EnrichmentCache.objects.get(domain="acme.com").data == {"company": "Real"}
+    refused = AuditEntry.objects.get(action="callback_refused")
+    assert refused.detail["status"] == 403 and refused.target == f"webhook:{webhook.pk}"
+
+
+@pytest.mark.parametrize("state", [S.QUEUED, S.DEFERRED, S.RECEIVED])
+def test_it_refuses_a_lead_that_was_never_sent(client, webhook, state):
+    lead = make_lead(2, webhook=webhook, state=state)
+
+    response = post(client, webhook, {"clayops_lead_id": lead.pk, "company": "Forged"})
+
+    assert response.status_code == 409
+    lead.refresh_from_db()
+    assert lead.state == state and lead.enriched is None
+
+
+def test_it_takes_a_callback_for_a_queued_lead_that_was_sent_before(client, webhook):
+    """An uncertain send being resent: the first send's callback still completes the lead."""
+    lead = make_lead(3, webhook=webhook, state=S.QUEUED)
+    budget.reserve_many(budget=webhook.workspace.budget, amount=Decimal("6"), lead_ids=[lead.pk])
+
+    assert post(client, webhook, {"clayops_lead_id": lead.pk, "company": "Acme"}).status_code == 200
+    lead.refresh_from_db()
+    assert lead.state == S.ENRICHED
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"clayops_lead_id": Infinity}',
+        '{"clayops_lead_id": NaN}',
+        '{"clayops_lead_id": 1e400}',
+        '{"clayops_lead_id": 123456789012345678901234567890}',
+        '{"clayops_lead_id": "²"}',
+        '{"clayops_lead_id": 1.5}',
+        '{"clayops_lead_id": -3}',
+        '{"clayops_lead_id": true}',
+        "[" * 5000 + "]" * 5000,
+        '{"clayops_lead_id": 1, "x": ' + "[" * 30 + "]" * 30 + "}",
+        "[" + ",".join(['{"clayops_lead_id": 1}'] * 101) + "]",
+        b"\xff\xfe",
+    ],
+)
+def test_it_answers_400_to_malformed_bodies(client, webhook, sent, raw):
+    response = post(client, webhook, raw)
+    assert response.status_code == 400, response.content
+    assert response.json()["ok"] is False
+    sent.refresh_from_db()
+    assert sent.state == S.ACCEPTED
+
+
+def test_it_answers_404_not_500_for_ids_past_what_the_database_holds(client, operator):
+    client.force_login(operator)
+    huge = 10**20
+    for url in (f"/leads/{huge}/", f"/imports/{huge}/", f"/dlq/{huge}/", f"/api/leads/{huge}/data"):
+        assert client.get(url).status_code == 404, url
+    assert (
+        client.post(f"/api/clay/callback/{huge}/", data="{}", content_type="application/json").status_code
+        == 404
+    )
+    # Numbers in query strings: ignored when out of range, never a 500.
+    for query in (
+        f"lead_import={huge}",
+        f"webhook={huge}",
+        f"cursor={huge}",
+        "cursor=²",
+        "size=²",
+        f"size={huge}",
+    ):
+        assert client.get(f"/leads/?{query}").status_code < 500, query
+        assert client.get(f"/dlq/?{query}").status_code < 500, query
+        assert client.get(f"/audit/?{query}").status_code < 500, query
+
+
+def test_it_shows_lead_data_only_to_viewers_and_operators_and_a_get_changes_nothing(client, webhook, viewer):
+    lead = make_lead(4, webhook=webhook, state=S.DEFERRED, domain="acme.com")
+    url = reverse("lead-data", args=[lead.pk])
+    client.force_login(make_user("nobody"))
+    assert client.get(url).status_code == 403
+
+    client.force_login(viewer)
+    body = client.get(url).json()
+    assert body["source"] == "fallback"
+    lead.refresh_from_db()
+    assert lead.state == S.DEFERRED and lead.served is None  # a GET only reads
+    assert client.post(url).status_code == 403  # serving (a write) is for operators
+
+
+def test_it_records_a_served_answer_when_an_operator_posts(client, webhook, operator):
+    lead = make_lead(5, webhook=webhook, state=S.DEFERRED, domain="acme.com")
+    client.force_login(operator)
+
+    body = client.post(reverse("lead-data", args=[lead.pk])).json()
+
+    lead.refresh_from_db()
+    assert body["source"] == "fallback" and lead.state == S.SERVED_FALLBACK
+    assert not CreditReservation.objects.exists()
