@@ -14,6 +14,7 @@ RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
 
 COPY . .
 RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
+    && chmod -R a+rX /app/staticfiles \
     && useradd --system --home /app clayops \
     && mkdir -p /app/var && chown clayops /app/var && chmod 0700 /app/var
 USER clayops

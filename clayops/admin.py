@@ -48,6 +48,10 @@ class WorkspaceAdmin(AuditedAdmin):
     list_display = ["name", "budget", "rate_limit", "burst", "hourly_cap", "paused_until"]
 
 
+SECRET_FIELDS = ("token", "callback_secret")
+WRITE_ONLY = {"autocomplete": "new-password"}
+
+
 class WebhookForm(forms.ModelForm):
     url = forms.URLField(
         max_length=500, assume_scheme="https", help_text=models.Webhook._meta.get_field("url").help_text
@@ -56,10 +60,38 @@ class WebhookForm(forms.ModelForm):
     class Meta:
         model = models.Webhook
         fields = "__all__"
+        # Write-only: a secret is never rendered back into the page; left blank, it stays as it is.
         widgets = {
-            "token": forms.PasswordInput(render_value=True),
-            "callback_secret": forms.PasswordInput(render_value=True),
+            "token": forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+            "callback_secret": forms.PasswordInput(
+                render_value=False, attrs={"autocomplete": "new-password"}
+            ),
         }
+
+    SECRETS = SECRET_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.SECRETS:
+            field = self.fields[name]
+            field.required = False
+            field.show_hidden_initial = False  # Django would echo a callable default in a hidden input
+            field.help_text = "Write-only: leave blank to keep the current value."
+
+    def _keep(self, name: str) -> str:
+        value = self.cleaned_data.get(name) or ""
+        return value or (getattr(self.instance, name, "") or "")
+
+    def clean_token(self) -> str:
+        return self._keep("token")
+
+    def clean_callback_secret(self) -> str:
+        return self._keep("callback_secret") or models.new_secret()
+
+    @property
+    def changed_data(self) -> list[str]:
+        # A blank secret field means "unchanged", not "changed to empty".
+        return [name for name in super().changed_data if name not in self.SECRETS or self.data.get(name)]
 
 
 @admin.register(models.Webhook)
@@ -78,6 +110,21 @@ class WebhookAdmin(AuditedAdmin):
     ]
     list_filter = ["workspace", "is_active", "is_full"]
     readonly_fields = ["rows_sent", "created_at"]
+    actions = ["rotate_callback_secret"]
+
+    @admin.action(description="Rotate the callback secret (the new one is shown once)")
+    def rotate_callback_secret(self, request, queryset):
+        for webhook in queryset:
+            webhook.callback_secret = models.new_secret()
+            webhook.save(update_fields=["callback_secret"])
+            models.AuditEntry.objects.create(
+                user=request.user, action="callback_secret_rotated", target=f"webhook:{webhook.pk} {webhook}"
+            )
+            self.message_user(
+                request,
+                f"{webhook}: new callback secret {webhook.callback_secret} — shown once; put it in Clay's "
+                "HTTP API column header now.",
+            )
 
     @admin.display(description="URL")
     def masked_url(self, obj):

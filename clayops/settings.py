@@ -56,6 +56,10 @@ def envlist(name: str, default: list[str]) -> list[str]:
 
 DEBUG = envbool("DEBUG", False)
 
+# Files this process creates under var/ (the SQLite database and its journal, uploads, the embedded
+# Redis' socket and append-only file, the secret key) are readable by their owner only.
+os.umask(0o077)
+
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG and envbool("CLAYOPS_REQUIRE_SECRET_KEY", False):
@@ -64,11 +68,14 @@ if not SECRET_KEY:
     # (production sets SECRET_KEY; `check --deploy` flags a short or insecure key).
     _key_file = VAR_DIR / "secret_key"
     try:
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _key_file.exists():
             import secrets
 
-            _key_file.write_text(secrets.token_urlsafe(50))
+            _fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(_fd, "w") as _fh:
+                _fh.write(secrets.token_urlsafe(50))
+        _key_file.chmod(0o600)
         SECRET_KEY = _key_file.read_text().strip()
     except OSError:
         import secrets

@@ -169,3 +169,58 @@ def test_it_records_a_served_answer_when_an_operator_posts(client, webhook, oper
     lead.refresh_from_db()
     assert body["source"] == "fallback" and lead.state == S.SERVED_FALLBACK
     assert not CreditReservation.objects.exists()
+
+
+def test_it_never_renders_a_webhook_secret_back_into_the_admin_and_blank_keeps_it(client, webhook, operator):
+    operator.is_staff = operator.is_superuser = True
+    operator.save()
+    client.force_login(operator)
+    url = reverse("admin:clayops_webhook_change", args=[webhook.pk])
+    page = client.get(url).content.decode()
+    assert webhook.callback_secret not in page and webhook.token not in page
+
+    form = {
+        "workspace": webhook.workspace_id,
+        "name": webhook.name,
+        "url": webhook.url,
+        "token": "",
+        "callback_secret": "",
+        "credits_per_row": "7",
+        "row_cap": webhook.row_cap,
+        "priority": webhook.priority,
+        "batch_size": webhook.batch_size,
+        "callback_deadline_seconds": 900,
+        "is_active": "on",
+        "broken_reason": "",
+    }
+    response = client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    before = (webhook.token, webhook.callback_secret)
+    webhook.refresh_from_db()
+    assert (webhook.token, webhook.callback_secret) == before and webhook.credits_per_row == 7
+    audit = AuditEntry.objects.get(action="admin_change")
+    assert set(audit.detail) == {"credits_per_row"}
+
+
+@pytest.mark.slow  # runs manage.py migrate in a process of its own
+def test_it_keeps_the_files_it_creates_under_var_private(tmp_path):
+    """A fresh var/ directory: the secret key, the SQLite database and the directory itself."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    var = tmp_path / "var"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update(CLAYOPS_VAR_DIR=str(var), CLAYOPS_NO_VENV="1")
+    manage = str(django_settings.BASE_DIR / "manage.py")
+    subprocess.run([sys.executable, manage, "migrate", "-v", "0"], env=env, check=True, timeout=120)
+
+    assert oct(var.stat().st_mode & 0o777) == "0o700"
+    for name in ("secret_key", "clayops.sqlite3"):
+        assert oct((var / name).stat().st_mode & 0o777) == "0o600", name
