@@ -7,6 +7,7 @@ configuration table in README.md.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -96,6 +97,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_rq",
     "template_partials",
+    "axes",
     "clayops.apps.ClayopsConfig",
     "dashboard.apps.DashboardConfig",
 ]
@@ -111,7 +113,22 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: it answers a locked-out login attempt
 ]
+
+# Login throttling (django-axes), for the dashboard's login and the admin's: after
+# CLAYOPS_LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, logins for it are
+# refused (429) for CLAYOPS_LOGIN_COOLOFF_MINUTES; a right password does not lift it. Lockouts are
+# audited; `python3 manage.py axes_reset` (or axes_reset_username NAME) unlocks at once.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("CLAYOPS_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("CLAYOPS_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "clayops.urls"
 WSGI_APPLICATION = "clayops.wsgi.application"

@@ -224,3 +224,29 @@ def test_it_keeps_the_files_it_creates_under_var_private(tmp_path):
     assert oct(var.stat().st_mode & 0o777) == "0o700"
     for name in ("secret_key", "clayops.sqlite3"):
         assert oct((var / name).stat().st_mode & 0o777) == "0o600", name
+
+
+def test_it_locks_a_login_out_after_repeated_wrong_passwords_and_audits_it(client, operator, settings):
+    from django.core.management import call_command
+
+    settings.AXES_FAILURE_LIMIT = 5
+    for _ in range(5):
+        wrong = client.post(reverse("login"), {"username": operator.username, "password": "nope"})
+        assert wrong.status_code in (200, 429)
+    right = client.post(reverse("login"), {"username": operator.username, "password": "pw-operator-1"})
+    assert right.status_code == 429  # the right password does not lift a lockout
+    assert "_auth_user_id" not in client.session
+    assert AuditEntry.objects.filter(action="login_locked_out", target=f"user:{operator.username}").exists()
+
+    call_command("axes_reset", verbosity=0)  # the documented way to unlock
+    again = client.post(reverse("login"), {"username": operator.username, "password": "pw-operator-1"})
+    assert again.status_code == 302 and "_auth_user_id" in client.session
+
+
+def test_it_locks_the_admin_login_too(client, operator, settings):
+    settings.AXES_FAILURE_LIMIT = 3
+    url = reverse("admin:login")
+    for _ in range(3):
+        client.post(url, {"username": operator.username, "password": "nope"})
+    answer = client.post(url, {"username": operator.username, "password": "pw-operator-1"})
+    assert answer.status_code == 429
