@@ -293,3 +293,22 @@ def test_it_shows_half_open_once_the_cooldown_is_over(client, webhook, viewer):
     client.force_login(viewer)
     page = client.get(reverse("dashboard:overview")).content.decode()
     assert "Cooldown over: the next request is a probe" in page and "Half-open" in page
+
+
+def test_it_reschedules_a_probe_that_runs_before_the_cooldown_ends(webhook):
+    """RQ's scheduler may release a job up to a second early: the probe comes back, not lost."""
+    row = breaker.get_breaker(webhook.pk)
+    row.cooldown_seconds = 30
+    row.save()
+    for _ in range(row.failure_threshold):
+        breaker.record_failure(webhook.pk, probe=False, reason="503")
+    registry = ScheduledJobRegistry(queue=django_rq.get_queue("maintenance"))
+    for job_id in registry.get_job_ids():
+        registry.remove(job_id)
+    make_leads(3, webhook=webhook, state=S.DEFERRED)
+
+    assert delivery.resume_webhook(webhook.pk) == {"rescheduled": 1}
+
+    assert Lead.objects.filter(state=S.DEFERRED).count() == 3  # nothing released while cooling down
+    (job_id,) = registry.get_job_ids()
+    assert registry.get_scheduled_time(job_id) >= timezone.now() + timedelta(seconds=28)

@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .. import breaker, budget, retry
-from ..enqueue import enqueue_leads
+from ..enqueue import enqueue_leads, schedule_probe
 from ..models import AuditEntry, CircuitBreaker, Lead, Webhook
 from .guards import breaker_blocked_for
 from .outcomes import UNCERTAIN_HOLD_MARGIN
@@ -98,6 +98,14 @@ def resume_webhook(webhook_id: int, *, now: datetime | None = None) -> dict[str,
     """The webhook's breaker cooled down: send its due deferred leads and retries now (the first
     ones become the half-open probes; every guard still applies)."""
     now = now or timezone.now()
+    row = breaker.get_breaker(webhook_id)
+    cooling = breaker_blocked_for(row, now=now)
+    if cooling:
+        # Early: RQ's scheduler keeps due times to the whole second and may run a job up to a
+        # second before it. Come back when the cooldown really ends (a forced-open breaker, 0,
+        # waits for an operator's reset instead).
+        schedule_probe(webhook_id, delay_seconds=cooling + 0.05)
+        return {"rescheduled": 1}
     return {
         "offline_drained": drain_offline_step(now=now, webhook_id=webhook_id),
         "retries_due": requeue_due_retries(now=now, webhook_id=webhook_id),
