@@ -231,10 +231,47 @@ def release_for_leads(lead_ids, *, now: datetime | None = None) -> int:
     return release_many(list(held), now=now)
 
 
-def settle_held_for_leads(lead_ids, *, now: datetime | None = None) -> int:
-    """Book whatever these leads hold as spent, at the estimate (a send Clay may have charged)."""
-    held = CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD)
-    return settle_many(list(held.values_list("pk", flat=True)), now=now)
+def settle_held_for_leads(lead_ids, *, doubtful: bool = False, now: datetime | None = None) -> int:
+    """Book whatever these leads hold as spent, at the estimate. `doubtful`: a send Clay may or may
+    not have taken (an uncertain send being resent); see release_doubtful()."""
+    held = list(
+        CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD).values_list(
+            "pk", flat=True
+        )
+    )
+    settled = settle_many(held, now=now)
+    if doubtful and held:
+        CreditReservation.objects.filter(pk__in=held, state=R.SETTLED, actual__isnull=True).update(
+            doubtful=True
+        )
+    return settled
+
+
+def release_doubtful(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Take doubtful sends off the books once it is clear Clay never took them: their lead was
+    enriched by another send more than CLAYOPS_UNCERTAIN_GRACE_SECONDS ago and no callback named
+    them. A callback that still comes charges them again (record_actual on a released send).
+    Returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS)
+    rows = list(
+        CreditReservation.objects.filter(
+            doubtful=True,
+            state=R.SETTLED,
+            actual__isnull=True,
+            lead__enriched_at__lt=cutoff,
+        ).values_list("pk", "usage_id", "charged")[:limit]
+    )
+    released = 0
+    for pk, usage_id, charged in rows:
+        with transaction.atomic():
+            if not CreditReservation.objects.filter(
+                pk=pk, doubtful=True, state=R.SETTLED, actual__isnull=True
+            ).update(state=R.RELEASED, charged=None, closed_at=now):
+                continue
+            CreditUsage.objects.filter(pk=usage_id).update(spent=_plus("spent", -(charged or Decimal("0"))))
+            released += 1
+    return released
 
 
 def settle_for_lead(

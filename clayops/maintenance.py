@@ -16,6 +16,7 @@ def run(*, now: datetime | None = None) -> dict[str, int]:
     return {
         "imports_requeued": imports.requeue_stale_imports(),
         "reservations_reaped": budget.reap_expired(now=now),
+        "doubtful_sends_released": budget.release_doubtful(now=now),
         "stuck_recovered": delivery.recover_stuck(now=now),
         "uncertain_requeued": delivery.requeue_uncertain(now=now),
         "callbacks_overdue": delivery.mark_overdue(now=now),

@@ -136,6 +136,11 @@ class CreditReservation(models.Model):
         null=True, blank=True, default=None, help_text="The real cost Clay's callback reported (set once)."
     )
     state = models.CharField(max_length=10, choices=State.choices, default=State.HELD)
+    doubtful = models.BooleanField(
+        default=False,
+        help_text="Booked because Clay may have charged it (an uncertain send, resent); taken off the books "
+        "if the lead is enriched by another send and this one's callback never comes.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)

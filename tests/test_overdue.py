@@ -312,3 +312,32 @@ def test_it_reschedules_a_probe_that_runs_before_the_cooldown_ends(webhook):
     assert Lead.objects.filter(state=S.DEFERRED).count() == 3  # nothing released while cooling down
     (job_id,) = registry.get_job_ids()
     assert registry.get_scheduled_time(job_id) >= timezone.now() + timedelta(seconds=28)
+
+
+@respx.mock
+def test_it_takes_a_doubtful_first_send_off_the_books_when_its_callback_never_comes(
+    client, webhook, settings
+):
+    route = respx.post(webhook.url).mock(side_effect=httpx.ReadTimeout("no answer"))
+    lead = make_lead(0, webhook=webhook)
+    delivery.submit_batch([lead.pk])
+    grace = timedelta(seconds=settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS + 1)
+    maintenance.run(now=timezone.now() + grace)  # resent: the first send booked as possibly charged
+    first = CreditReservation.objects.get(lead=lead)
+    assert first.doubtful and usage(webhook).spent == Decimal("6")
+    route.side_effect = None
+    route.return_value = httpx.Response(200, json={"status": "ok"})
+    delivery.submit_batch([lead.pk])
+    second = CreditReservation.objects.exclude(pk=first.pk).get(lead=lead)
+    callback(client, webhook, {"clayops_lead_id": lead.pk, "clayops_send_id": second.pk, "credits_used": 7})
+    assert usage(webhook).spent == Decimal("13")
+
+    maintenance.run(now=timezone.now() + grace / 2)
+    assert usage(webhook).spent == Decimal("13")  # not before the grace period
+    maintenance.run(now=timezone.now() + grace)
+    first.refresh_from_db()
+    assert first.state == "released" and usage(webhook).spent == Decimal("7")  # what Clay charged
+
+    # Clay did take it after all: its callback books it again.
+    callback(client, webhook, {"clayops_lead_id": lead.pk, "clayops_send_id": first.pk, "credits_used": 5})
+    assert usage(webhook).spent == Decimal("12")

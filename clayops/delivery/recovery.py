@@ -86,7 +86,7 @@ def resend_uncertain(lead_ids, *, now: datetime | None = None) -> list[int]:
     Settled before the requeue: once queued, a new job may hold fresh credits for the same lead.
     """
     ids = list(Lead.objects.filter(pk__in=list(lead_ids), state=S.UNCERTAIN).values_list("pk", flat=True))
-    budget.settle_held_for_leads(ids, now=now)
+    budget.settle_held_for_leads(ids, doubtful=True, now=now)
     return requeue(ids, from_states=[S.UNCERTAIN])
 
 
