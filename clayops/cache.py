@@ -33,7 +33,7 @@ class ResilientRedisCache(RedisCache):
             _warn(exc)
             return default
 
-    def set(self, key, value, timeout=Any, version=None) -> None:  # type: ignore[override]
+    def set(self, key, value, timeout=Any, version=None) -> None:
         try:
             if timeout is Any:
                 super().set(key, value, version=version)

@@ -66,9 +66,9 @@ def handle_callback(request: HttpRequest, webhook_id: int) -> HttpResponse:
         return _error(400, problem)
     checked = []
     for row in rows:
-        lead_id, problem = _check_row(row, webhook_id)
-        if problem is not None:
-            return _refuse(webhook_id, row, *problem)
+        lead_id, refusal = _check_row(row, webhook_id)
+        if refusal is not None:
+            return _refuse(webhook_id, row, *refusal)
         checked.append((lead_id, row))
     results = [apply_enrichment(lead_id, row) for lead_id, row in checked]
     if len(rows) == 1:
