@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.http import Http404, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_safe
 from django_htmx.http import HttpResponseStopPolling
 
 from clayops import dlq as dlq_service
@@ -24,6 +25,7 @@ def render_page(request: HtmxHttpRequest, template: str, partial: str, context: 
     return response
 
 
+@require_safe
 @viewer_required
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     cards = selectors.overview_cards()
@@ -33,6 +35,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     return render_page(request, "dashboard/overview.html", "cards", {"cards": cards, "version": version})
 
 
+@require_safe
 @viewer_required
 def leads(request: HtmxHttpRequest) -> HttpResponse:
     form = LeadFilterForm(request.GET)
@@ -44,6 +47,7 @@ def leads(request: HtmxHttpRequest) -> HttpResponse:
     return render_page(request, "dashboard/leads.html", "results", context)
 
 
+@require_safe
 @viewer_required
 def lead_detail(request: HtmxHttpRequest, lead_id: int) -> HttpResponse:
     detail = selectors.lead_detail(lead_id=lead_id)
@@ -52,6 +56,7 @@ def lead_detail(request: HtmxHttpRequest, lead_id: int) -> HttpResponse:
     return render(request, "dashboard/lead_detail.html", {"detail": detail, "lead": detail.lead})
 
 
+@require_safe
 @viewer_required
 def imports(request: HtmxHttpRequest) -> HttpResponse:
     page = selectors.imports_page(
@@ -68,6 +73,7 @@ def imports_context(*, page=None, form=None, summary=None) -> dict:
     return {"page": page, "form": form or UploadForm(), "summary": summary, "running": running}
 
 
+@require_safe
 @viewer_required
 def import_detail(request: HtmxHttpRequest, import_id: int) -> HttpResponse:
     """The import's page; for htmx its status partial (polled), with 286 once the import is finished."""
@@ -107,11 +113,13 @@ def dlq_context(data, *, message: str = "") -> dict:
     }
 
 
+@require_safe
 @viewer_required
 def dlq(request: HtmxHttpRequest) -> HttpResponse:
     return render_page(request, "dashboard/dlq.html", "results", dlq_context(request.GET))
 
 
+@require_safe
 @viewer_required
 def dlq_entry(request: HtmxHttpRequest, entry_id: int) -> HttpResponse:
     detail = selectors.dlq_entry(entry_id=entry_id)
@@ -120,6 +128,7 @@ def dlq_entry(request: HtmxHttpRequest, entry_id: int) -> HttpResponse:
     return render(request, "dashboard/dlq_entry.html", {"detail": detail, "entry": detail.entry})
 
 
+@require_safe
 @viewer_required
 def dlq_drain_preview(request: HtmxHttpRequest) -> HttpResponse:
     """The confirmation before a drain: how many, how fast, what it costs. Acting is a POST."""
@@ -132,6 +141,7 @@ def dlq_drain_preview(request: HtmxHttpRequest) -> HttpResponse:
     return render_page(request, "dashboard/dlq_drain.html", "confirm", context)
 
 
+@require_safe
 @viewer_required
 def audit(request: HtmxHttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET)
