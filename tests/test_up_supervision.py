@@ -169,7 +169,7 @@ def test_it_restarts_any_child_that_dies_and_sending_resumes(tmp_path):
     up.start()
     sessions = sessions_of(up.proc.pid)
     try:
-        before = up.children()
+        before = wait_for(up.children, 10, "the supervisor's status file")
         redis_pid = int((tmp_path / "redis" / "redis.pid").read_text())
         for name in ("worker-1", "web", "cron"):
             os.killpg(before[name]["pid"], signal.SIGKILL)

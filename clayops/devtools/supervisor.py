@@ -58,6 +58,7 @@ class Supervisor:
         child = Child(name, argv)
         self.children.append(child)
         self._start(child)
+        self._write_status()
         return child
 
     def _start(self, child: Child) -> None:
