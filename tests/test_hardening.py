@@ -250,3 +250,72 @@ def test_it_locks_the_admin_login_too(client, operator, settings):
         client.post(url, {"username": operator.username, "password": "nope"})
     answer = client.post(url, {"username": operator.username, "password": "pw-operator-1"})
     assert answer.status_code == 429
+
+
+def nested(levels: int):
+    """A value whose containers nest `levels` deep (the row itself is level 1)."""
+    value: object = []
+    for _ in range(levels - 2):
+        value = [value]
+    return value
+
+
+def test_it_takes_a_row_nested_up_to_twenty_levels_and_refuses_one_deeper(client, webhook, sent):
+    ok = post(client, webhook, {"clayops_lead_id": sent.pk, "extra": nested(20)})
+    assert ok.status_code == 200, ok.content
+    other = make_lead(6, webhook=webhook, state=S.ACCEPTED)
+    deep = post(client, webhook, {"clayops_lead_id": other.pk, "extra": nested(21)})
+    assert deep.status_code == 400 and "nested deeper than 20" in deep.json()["error"]
+    other.refresh_from_db()
+    assert other.enriched is None
+
+
+def test_it_takes_up_to_a_hundred_rows_in_one_callback(client, webhook, sent):
+    answer = post(client, webhook, [{"clayops_lead_id": sent.pk}] * 100)
+    assert answer.status_code == 200 and answer.json()["results"] == ["enriched"] + ["duplicate"] * 99
+    too_many = post(client, webhook, [{"clayops_lead_id": sent.pk}] * 101)
+    assert too_many.status_code == 400 and too_many.json()["error"] == "at most 100 rows per callback"
+
+
+@pytest.mark.parametrize(
+    ("given", "status"),
+    [("digits", 200), ("0", 400), ("9" * 19, 400), ("-1", 400), (" 1", 400), (0, 400), (2**63, 400)],
+)
+def test_it_reads_the_lead_id_as_a_positive_64_bit_integer(client, webhook, sent, given, status):
+    value = str(sent.pk) if given == "digits" else given
+    answer = post(client, webhook, {"clayops_lead_id": value})
+    assert answer.status_code == status, answer.content
+    if status == 400:
+        assert answer.json() == {"ok": False, "error": "each row needs a positive integer clayops_lead_id"}
+
+
+@pytest.mark.parametrize("credits", [0, "0", 1000, "1000.00", None])
+def test_it_takes_credits_from_zero_to_the_maximum(client, webhook, sent, credits):
+    assert post(client, webhook, {"clayops_lead_id": sent.pk, "credits_used": credits}).status_code == 200
+    sent.refresh_from_db()
+    expected = None if credits is None else Decimal(str(credits))
+    assert sent.state == S.ENRICHED and sent.credits_actual == expected
+
+
+@pytest.mark.parametrize(
+    "state", [S.SUBMITTING, S.UNCERTAIN, S.OVERDUE, S.DELIVERED, S.RETRY_WAIT, S.DEAD, S.ACCEPTED]
+)
+def test_it_takes_a_callback_for_a_lead_in_any_state_it_reaches_after_a_send(client, webhook, state):
+    lead = make_lead(7, webhook=webhook, state=state)
+    answer = post(client, webhook, {"clayops_lead_id": lead.pk, "company": "Acme"})
+    assert answer.status_code == 200 and answer.json()["result"] == "enriched"
+    lead.refresh_from_db()
+    assert lead.state == S.ENRICHED and lead.enriched == {"company": "Acme"}
+
+
+def test_it_writes_what_it_refused_to_the_audit_log(client, webhook):
+    lead = make_lead(8, webhook=webhook, state=S.QUEUED)
+    post(client, webhook, {"clayops_lead_id": lead.pk})
+    entry = AuditEntry.objects.get(action="callback_refused")
+    assert entry.target == f"webhook:{webhook.pk}"
+    assert entry.detail == {
+        "status": 409,
+        "reason": f"lead {lead.pk} was never sent to Clay",
+        "lead": str(lead.pk),
+    }
+    assert AuditEntry.objects.filter(action="callback_refused").count() == 1
