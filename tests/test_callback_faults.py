@@ -425,12 +425,16 @@ def test_a_row_dropped_unread_after_the_body_is_resent_and_its_first_send_booked
 
 
 def test_every_lead_is_enriched_once_and_booked_when_workers_are_killed_while_sending(
-    sim_hook, clay_sim, workers
+    sim_hook, clay_sim, workers, settings
 ):
+    # Margins a loaded CI machine keeps: a live but CPU-starved worker must not look dead (stuck
+    # limit) and its sent rows must not be resent (grace) before their answer and callback land.
+    settings.CLAYOPS_STUCK_SUBMITTING_SECONDS = 8
+    settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS = 12
     hook = sim_hook("t_kill", credits_from_domain=True)
     clay_sim.set_faults(latency_ms=20)
     ids = queue_leads(hook, 600)
-    pool = workers()
+    pool = workers(CLAYOPS_UNCERTAIN_GRACE_SECONDS="12")
     pool.start(2)
 
     for accepted in (150, 350):
