@@ -61,18 +61,11 @@ class WebhookForm(forms.ModelForm):
         model = models.Webhook
         fields = "__all__"
         # Write-only: a secret is never rendered back into the page; left blank, it stays as it is.
-        widgets = {
-            "token": forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-            "callback_secret": forms.PasswordInput(
-                render_value=False, attrs={"autocomplete": "new-password"}
-            ),
-        }
-
-    SECRETS = SECRET_FIELDS
+        widgets = {name: forms.PasswordInput(render_value=False, attrs=WRITE_ONLY) for name in SECRET_FIELDS}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        for name in self.SECRETS:
+        for name in SECRET_FIELDS:
             field = self.fields[name]
             field.required = False
             field.show_hidden_initial = False  # Django would echo a callable default in a hidden input
@@ -91,7 +84,7 @@ class WebhookForm(forms.ModelForm):
     @property
     def changed_data(self) -> list[str]:
         # A blank secret field means "unchanged", not "changed to empty".
-        return [name for name in super().changed_data if name not in self.SECRETS or self.data.get(name)]
+        return [name for name in super().changed_data if name not in SECRET_FIELDS or self.data.get(name)]
 
 
 @admin.register(models.Webhook)

@@ -213,37 +213,33 @@ def release_many(reservation_ids, *, now: datetime | None = None) -> int:
 
 def extend_holds(reservation_ids, *, until: datetime) -> int:
     """Keep held reservations until `until` (an uncertain send waits for its callback). Returns how many."""
-    return CreditReservation.objects.filter(pk__in=list(reservation_ids), state=R.HELD).update(
-        expires_at=until
-    )
+    held = CreditReservation.objects.filter(pk__in=list(reservation_ids), state=R.HELD)
+    return held.update(expires_at=until)
+
+
+def _held_by(lead_ids):
+    """The reservations these leads still hold."""
+    return CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD)
 
 
 def extend_holds_for_leads(lead_ids, *, until: datetime) -> int:
     """extend_holds() for whatever these leads hold."""
-    return CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD).update(expires_at=until)
+    return _held_by(lead_ids).update(expires_at=until)
 
 
 def release_for_leads(lead_ids, *, now: datetime | None = None) -> int:
     """Release whatever these leads hold (they go back to the queue unsent). Returns how many."""
-    held = CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD).values_list(
-        "pk", flat=True
-    )
-    return release_many(list(held), now=now)
+    return release_many(list(_held_by(lead_ids).values_list("pk", flat=True)), now=now)
 
 
 def settle_held_for_leads(lead_ids, *, doubtful: bool = False, now: datetime | None = None) -> int:
     """Book whatever these leads hold as spent, at the estimate. `doubtful`: a send Clay may or may
     not have taken (an uncertain send being resent); see release_doubtful()."""
-    held = list(
-        CreditReservation.objects.filter(lead_id__in=list(lead_ids), state=R.HELD).values_list(
-            "pk", flat=True
-        )
-    )
+    held = list(_held_by(lead_ids).values_list("pk", flat=True))
     settled = settle_many(held, now=now)
     if doubtful and held:
-        CreditReservation.objects.filter(pk__in=held, state=R.SETTLED, actual__isnull=True).update(
-            doubtful=True
-        )
+        unreported = CreditReservation.objects.filter(pk__in=held, state=R.SETTLED, actual__isnull=True)
+        unreported.update(doubtful=True)
     return settled
 
 

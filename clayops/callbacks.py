@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from . import budget
 from .contract import CALLBACK_HEADER, LEAD_ID_FIELD, SEND_ID_FIELD
+from .converters import parse_id
 from .dlq import resolve_for_leads
 from .models import AuditEntry, CreditReservation, DeadLetter, EnrichmentCache, Lead, Webhook
 
@@ -115,11 +116,8 @@ def _check_row(row: dict, webhook_id: int) -> tuple[int, tuple[int, str] | None]
     """The row's lead id, or (status, reason) why the callback is refused: an id out of range, credits
     that are not a finite number between 0 and CLAYOPS_MAX_CREDITS_PER_ROW, an unknown lead, a lead
     of another webhook than the one whose secret authenticated the call, a lead never sent."""
-    raw = row.get(LEAD_ID_FIELD)
-    lead_id = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 20:
-        lead_id = int(raw)
-    if lead_id is None or not 0 < lead_id < 2**63:
+    lead_id = parse_id(row.get(LEAD_ID_FIELD))
+    if lead_id is None:
         return 0, (400, f"each row needs a positive integer {LEAD_ID_FIELD}")
     if "credits_used" in row and row["credits_used"] is not None and _credits(row) is None:
         limit = settings.CLAYOPS_MAX_CREDITS_PER_ROW
@@ -160,18 +158,6 @@ def _credits(row: dict) -> Decimal | None:
     return credits
 
 
-def _send_id(row: dict) -> int | None:
-    """The send a callback reports on (SEND_ID_FIELD), when the row carries a usable one."""
-    value = row.get(SEND_ID_FIELD)
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return number if 0 < number < 2**63 else None
-
-
 def apply_enrichment(lead_id: int, row: dict) -> str:
     """Store Clay's result for a lead once. Returns "enriched", "duplicate" or "unknown"."""
     now = timezone.now()
@@ -188,7 +174,7 @@ def apply_enrichment(lead_id: int, row: dict) -> str:
             defer_reason="",
             last_error="enrichment failed at Clay" if failed else "",
         )
-    send_id = _send_id(row)
+    send_id = parse_id(row.get(SEND_ID_FIELD))
     if not updated:
         if not Lead.objects.filter(pk=lead_id).exists():
             return "unknown"

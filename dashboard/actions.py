@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import trigger_client_event
 
 from clayops import breaker, delivery, dlq, imports, selectors
+from clayops.converters import parse_id
 from clayops.delivery import resolution
 from clayops.models import Webhook
 
@@ -81,12 +82,7 @@ def import_upload(request: HtmxHttpRequest) -> HttpResponse:
 def _entry_ids(request: HtmxHttpRequest) -> list[int]:
     """The one entry of a per-row button (`only`), else the checked boxes (`ids`)."""
     raw = [request.POST["only"]] if request.POST.get("only") else request.POST.getlist("ids")
-    return sorted({n for n in map(_id, raw) if n is not None})
-
-
-def _id(value: str) -> int | None:
-    """A database id from a form value, or None (not ASCII digits, or past what an id column holds)."""
-    return int(value) if value.isascii() and value.isdigit() and 0 < int(value) < 2**63 else None
+    return sorted({n for n in map(parse_id, raw) if n is not None})
 
 
 def _dlq_done(request: HtmxHttpRequest, message: str, event: str, count: int) -> HttpResponse:
@@ -128,7 +124,7 @@ def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
 @require_POST
 @operator_required
 def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
-    webhook_id = _id(request.POST.get("webhook", ""))
+    webhook_id = parse_id(request.POST.get("webhook", ""))
     error_class = request.POST.get("error_class") or None
     n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class)
     message = f"Draining {n} entr{'y' if n == 1 else 'ies'} at the drain rate, through budget and breaker."
@@ -151,7 +147,7 @@ def leads_resolve(request: HtmxHttpRequest) -> HttpResponse:
     action, state = request.POST.get("action", ""), request.POST.get("state", "")
     if action not in resolution.ACTIONS or state not in resolution.RESOLVABLE:
         return HttpResponse("Unknown action or state.", status=400, content_type="text/plain")
-    webhook_id = _id(request.POST.get("webhook", ""))
+    webhook_id = parse_id(request.POST.get("webhook", ""))
     ids = _entry_ids(request)
     chosen = resolution.select(state=state, webhook_id=webhook_id, lead_ids=ids)
     n = resolution.resolve(action=action, lead_ids=chosen, by=request.user) if chosen else 0

@@ -120,9 +120,7 @@ def mark_overdue(*, now: datetime, limit: int = 5000) -> int:
     if not rows:
         return 0
     moved = Lead.objects.filter(pk__in=[pk for pk, _ in rows], state=S.ACCEPTED, next_attempt_at__lte=now)
-    n = moved.update(
-        state=S.OVERDUE, state_changed_at=now, defer_reason="no callback from Clay by its deadline"
-    )
+    n = moved.update(state=S.OVERDUE, state_changed_at=now, defer_reason=OVERDUE_REASON)
     if n:
         per_webhook: dict[str, int] = {}
         for _, hook in rows:

@@ -66,7 +66,8 @@ def wait_longer(*, lead_ids: Sequence[int], by=None, now: datetime | None = None
     """Overdue leads wait for their callback again, for their webhook's callback deadline."""
     now = now or timezone.now()
     moved = 0
-    for webhook_id, deadline in Webhook.objects.values_list("pk", "callback_deadline_seconds"):
+    hooks = Webhook.objects.filter(leads__pk__in=list(lead_ids), leads__state=S.OVERDUE).distinct()
+    for webhook_id, deadline in hooks.values_list("pk", "callback_deadline_seconds"):
         moved += Lead.objects.filter(pk__in=list(lead_ids), state=S.OVERDUE, webhook_id=webhook_id).update(
             state=S.ACCEPTED, state_changed_at=now, next_attempt_at=now + timedelta(seconds=deadline)
         )
