@@ -206,3 +206,93 @@ class AuditEntryAdmin(admin.ModelAdmin):
 class HealthSampleAdmin(admin.ModelAdmin):
     list_display = ["webhook", "minute", "successes", "failures", "latency_max_ms"]
     list_filter = ["webhook"]
+
+
+# --- alerting (clayops.alerts) -------------------------------------------------------------------
+
+
+class AlertChannelForm(forms.ModelForm):
+    class Meta:
+        model = models.AlertChannel
+        fields = "__all__"
+        # The Apprise URL holds tokens and passwords: write-only, like the webhook secrets.
+        widgets = {"url": forms.PasswordInput(render_value=False, attrs=WRITE_ONLY)}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["url"].required = False
+            self.fields["url"].help_text += " Write-only: leave blank to keep the current value."
+
+    def clean_url(self) -> str:
+        from django.core.exceptions import ValidationError
+
+        from .alerts import channel_problem
+
+        url = (self.cleaned_data.get("url") or "").strip() or (self.instance.url if self.instance.pk else "")
+        problem = channel_problem(url) if url else "an Apprise URL is required"
+        if problem:
+            raise ValidationError(f"Channel refused: {problem}.")
+        return url
+
+    @property
+    def changed_data(self) -> list[str]:
+        return [name for name in super().changed_data if name != "url" or self.data.get("url")]
+
+
+@admin.register(models.AlertChannel)
+class AlertChannelAdmin(AuditedAdmin):
+    form = AlertChannelForm
+    list_display = ["name", "scheme", "rules", "is_active", "max_per_hour"]
+    actions = ["send_test"]
+
+    @admin.display(description="service")
+    def scheme(self, obj):
+        return obj.url.split("://", 1)[0] + "://…" if "://" in obj.url else "—"
+
+    @admin.action(description="Send a test notification")
+    def send_test(self, request, queryset):
+        from django.contrib import messages
+
+        from .alerts import send_test
+
+        for channel in queryset:
+            note = send_test(channel, by=request.user)
+            if note.ok:
+                self.message_user(request, f"{channel}: test notification sent.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{channel}: not sent: {note.error}", messages.ERROR)
+
+
+@admin.register(models.Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = [
+        "opened_at",
+        "rule",
+        "target",
+        "state",
+        "severity",
+        "title",
+        "reminders_sent",
+        "resolved_at",
+    ]
+    list_filter = ["state", "rule", "severity"]
+    search_fields = ["target", "title"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(models.AlertNotification)
+class AlertNotificationAdmin(admin.ModelAdmin):
+    list_display = ["sent_at", "channel", "kind", "alert", "ok", "error"]
+    list_filter = ["channel", "kind", "ok"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -90,12 +90,34 @@ def _parse(body: bytes) -> tuple[list[dict], str | None]:
         return [], "body is not valid JSON"
     if _depth(payload) > MAX_DEPTH:
         return [], f"body is nested deeper than {MAX_DEPTH} levels"
+    if _bad_text(payload):
+        return [], "body holds a NUL character or a lone surrogate (not storable text)"
     rows = payload if isinstance(payload, list) else [payload]
     if not rows or not all(isinstance(row, dict) for row in rows):
         return [], "body must be a JSON object (or an array of objects)"
     if len(rows) > MAX_ROWS:
         return [], f"at most {MAX_ROWS} rows per callback"
     return rows, None
+
+
+def _bad_text(value) -> bool:
+    """True when a key or string holds text no database stores: NUL, or a lone UTF-16 surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return True
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def _depth(value) -> int:
@@ -151,11 +173,12 @@ def _credits(row: dict) -> Decimal | None:
         return None
     try:
         credits = Decimal(str(value))
+        if not credits.is_finite() or not 0 <= credits <= settings.CLAYOPS_MAX_CREDITS_PER_ROW:
+            return None
+        # Stored to the cent, like every credit figure ("1e-1000000" is 0.00, not a numeric overflow).
+        return credits.quantize(Decimal("0.01"))
     except (InvalidOperation, ValueError):
         return None
-    if not credits.is_finite() or not 0 <= credits <= settings.CLAYOPS_MAX_CREDITS_PER_ROW:
-        return None
-    return credits
 
 
 def apply_enrichment(lead_id: int, row: dict) -> str:

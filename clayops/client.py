@@ -1,7 +1,8 @@
 """The only module that talks HTTP to Clay (and the only one importing httpx).
 
 One pooled httpx.Client per process, created lazily after any fork (the forking RQ worker would
-otherwise share a pool across children). Timeouts are explicit; redirects are not followed.
+otherwise share a pool across children). Timeouts are explicit; redirects are not followed; every
+URL and every address connected to passes the destination policy (destinations.py) first.
 Exceptions are turned into a SendResult once, here, so the rest of clayops never sees httpx.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 
+from .destinations import DestinationRefused, GuardedTransport, url_problem
 from .retry import ErrorClass, classify_status, parse_retry_after
 
 
@@ -39,13 +41,20 @@ def encode(payload: dict | list) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
+def printable(text: str) -> str:
+    """An error body as plain text: control characters (escape sequences, NULs) become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
 class ClayClient:
     def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 32) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(
+            transport=GuardedTransport(limits=limits),
+            trust_env=False,  # no proxy from the environment: the policy checks the address connected to
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
             ),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
             headers={"user-agent": "clayops/0.1"},
         )
@@ -59,8 +68,17 @@ class ClayClient:
         def elapsed() -> float:
             return (time.perf_counter() - started) * 1000
 
+        def refused(problem: object) -> SendResult:
+            error = f"destination refused: {problem}"
+            return SendResult(None, ErrorClass.DESTINATION_REFUSED, error, elapsed())
+
+        problem = url_problem(url)
+        if problem is not None:
+            return refused(problem)
         try:
             response = self._http.post(url, content=body, headers=headers)
+        except DestinationRefused as exc:
+            return refused(exc)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return SendResult(
                 None, ErrorClass.TIMEOUT, f"{type(exc).__name__}: could not connect in time", elapsed()
@@ -98,7 +116,7 @@ class ClayClient:
         return SendResult(
             response.status_code,
             error_class,
-            f"HTTP {response.status_code}: {response.text[:300]}",
+            f"HTTP {response.status_code}: {printable(response.text[:300])}",
             latency,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from . import budget, delivery, dlq, imports
+from . import alerts, budget, delivery, dlq, imports
 
 
 def run(*, now: datetime | None = None) -> dict[str, int]:
@@ -24,4 +24,5 @@ def run(*, now: datetime | None = None) -> dict[str, int]:
         "dlq_retried": dlq.retry_due(now=now),
         "offline_drained": delivery.drain_offline_step(now=now),
         "orphans_requeued": delivery.requeue_orphans(now=now),
+        "alerts_evaluated": alerts.evaluate(now=now),  # last: sees what the steps above changed
     }

@@ -17,6 +17,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from .blobstore import DatabaseStorage
+from .destinations import validate_destination
+
 
 def credits_field(**kwargs) -> models.DecimalField:
     """Credits may be fractional (0.5 per enrichment is common): exact decimals, never floats."""
@@ -181,7 +184,11 @@ class Workspace(models.Model):
 class Webhook(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.PROTECT, related_name="webhooks")
     name = models.CharField(max_length=100)
-    url = models.URLField(max_length=500, help_text="The Clay table's webhook source URL. Kept secret.")
+    url = models.URLField(
+        max_length=500,
+        validators=[validate_destination],
+        help_text="The Clay table's webhook source URL (https, a Clay host). Kept secret.",
+    )
     token = models.CharField(
         max_length=200, blank=True, help_text="Optional auth token, sent as x-clay-webhook-auth. Kept secret."
     )
@@ -316,7 +323,9 @@ class LeadImport(models.Model):
         FAILED = "failed"
 
     filename = models.CharField(max_length=255)
-    file = models.FileField(upload_to="imports/", blank=True)
+    # In the database (clayops.blobstore), not on the disk of the node that took the upload: the
+    # import job runs on whichever node's worker picks it up.
+    file = models.FileField(upload_to="imports/", blank=True, storage=DatabaseStorage())
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -328,6 +337,11 @@ class LeadImport(models.Model):
     valid_rows = models.PositiveIntegerField(default=0)
     invalid_rows = models.PositiveIntegerField(default=0)
     duplicate_rows = models.PositiveIntegerField(default=0)
+    formula_rows = models.PositiveIntegerField(
+        default=0,
+        help_text="Rows with a cell starting with =, +, - or @ (a spreadsheet would run it as a formula): "
+        "kept as typed; clayops' CSV downloads neutralise them.",
+    )
     error = models.TextField(blank=True, help_text="Why the import as a whole failed, if it did.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -518,3 +532,33 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.user or 'system'} {self.action} {self.target}"
+
+
+class StoredFile(models.Model):
+    """A file kept in the database by clayops.blobstore.DatabaseStorage (uploaded CSVs): every node
+    reads it, where a file under MEDIA_ROOT is only on the node that received it."""
+
+    name = models.CharField(
+        max_length=255, unique=True, help_text="The storage name, e.g. imports/leads.csv."
+    )
+    size = models.PositiveBigIntegerField(default=0, help_text="Bytes: the chunks' lengths added up.")
+    chunk_size = models.PositiveIntegerField(
+        help_text="Bytes in every chunk but the last, which may hold fewer (a read seeks by it)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StoredFileChunk(models.Model):
+    """One piece of a StoredFile, read one at a time so that a large file never sits in memory."""
+
+    # The unique (file, seq) index serves lookups by file too: no separate index on file.
+    file = models.ForeignKey(StoredFile, on_delete=models.CASCADE, related_name="chunks", db_index=False)
+    seq = models.PositiveIntegerField(help_text="0, 1, 2 … in file order.")
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["file", "seq"], name="storedfilechunk_file_seq")]
+from .alert_models import AlertChannel, Alert, AlertNotification  # noqa: E402,F401

@@ -41,11 +41,16 @@ def ensure_roles() -> None:
     operators.permissions.add(Permission.objects.get(codename="operate", content_type__app_label="clayops"))
 
 
-def ensure_operator(username: str, password: str):
-    """An operator with a fresh password (printed by `up`), who may also use the admin."""
+def find_user(username: str):
+    return get_user_model().objects.filter(username=username).first()
+
+
+def ensure_operator(username: str, password: str | None):
+    """An operator who may also use the admin; with a password, that one (printed by `up`)."""
     ensure_roles()
     user, _ = get_user_model().objects.get_or_create(username=username)
-    user.set_password(password)
+    if password is not None:
+        user.set_password(password)
     user.is_staff = True
     user.is_superuser = True
     user.save()

@@ -34,6 +34,8 @@ class ErrorClass(StrEnum):
     NOT_FOUND = "not_found"
     PAYMENT = "payment_required"
     CONFLICT = "conflict"
+    # Never sent: the URL or the address it resolves to is outside the destination policy.
+    DESTINATION_REFUSED = "destination_refused"
 
 
 TRANSIENT = frozenset(

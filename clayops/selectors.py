@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -25,8 +25,10 @@ from django.utils import timezone
 
 from . import breaker as breaker_service
 from . import health as health_service
+from . import nodes as nodes_service
 from .delivery import resolution
 from .dlq import GENERATION_KEY
+from .imports.run import MAX_STORED_ERRORS
 from .models import (
     Attempt,
     AuditEntry,
@@ -423,7 +425,12 @@ def _has_breaker(webhook: Webhook) -> bool:
     return True
 
 
-def cards_version(cards: list[Card]) -> str:
+def process_nodes() -> list[nodes_service.Node]:
+    """The processes `up` supervises on every node (published to Redis; [] when none runs `up`)."""
+    return nodes_service.read_all()
+
+
+def cards_version(cards: list[Card], nodes: Sequence[nodes_service.Node] = ()) -> str:
     """A short token that changes when anything a card shows changes (the poll's "nothing new" test).
 
     Built from deadlines rather than the seconds left, so a ticking cooldown does not count as a
@@ -450,6 +457,7 @@ def cards_version(cards: list[Card]) -> str:
                 card.notes,
             ]
         )
+    parts.append([[node.name, [asdict(child) for child in node.children]] for node in nodes])
     raw = json.dumps(parts, default=str, sort_keys=True).encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
@@ -540,6 +548,7 @@ def imports_page(*, cursor: str | None = None, size: int = DEFAULT_PAGE_SIZE) ->
 class ImportSummary:
     lead_import: LeadImport
     first_errors: list[ImportRowError]
+    max_stored_errors: int = MAX_STORED_ERRORS
 
     @property
     def finished(self) -> bool:
@@ -562,6 +571,16 @@ def import_summary(*, import_id: int) -> ImportSummary | None:
     return ImportSummary(imp, errors)
 
 
+def import_exists(import_id: int) -> bool:
+    return LeadImport.objects.filter(pk=import_id).exists()
+
+
+def import_row_errors(import_id: int) -> Iterator[tuple[int, str, str]]:
+    """(line, reason, row as read) of every invalid row the import stored, in file order."""
+    rows = ImportRowError.objects.filter(lead_import_id=import_id).order_by("line", "pk")
+    return rows.values_list("line", "error", "raw").iterator(chunk_size=2000)
+
+
 # --- Dead letter queue --------------------------------------------------------------------------
 
 DLQ_STATE_ANY = "any"
@@ -579,7 +598,7 @@ def _dlq_filtered(filters: dict, *, with_class: bool = True) -> QuerySet:
     tz = timezone.get_current_timezone()
     if isinstance(filters.get("since"), date):
         qs = qs.filter(created_at__gte=datetime.combine(filters["since"], time(0), tzinfo=tz))
-    if isinstance(filters.get("until"), date):
+    if isinstance(filters.get("until"), date) and filters["until"] < date.max:
         qs = qs.filter(
             created_at__lt=datetime.combine(filters["until"] + timedelta(days=1), time(0), tzinfo=tz)
         )

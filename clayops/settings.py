@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -98,6 +99,7 @@ INSTALLED_APPS = [
     "django_rq",
     "template_partials",
     "axes",
+    "csp",
     "clayops.apps.ClayopsConfig",
     "dashboard.apps.DashboardConfig",
 ]
@@ -112,6 +114,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",  # last: it answers a locked-out login attempt
 ]
@@ -155,6 +158,8 @@ try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+# A kept connection is checked before reuse, so one the server dropped (a restart) is replaced.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = envbool("DB_CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock at BEGIN so two
     # workers never deadlock upgrading read locks ("database is locked"); the busy timeout makes a
@@ -220,6 +225,9 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 
 # Uploads: imports are streamed from disk, never held in memory whole.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Uploaded lead files hold personal data: readable by clayops' user only.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # --- Security (production: DEBUG off) ---------------------------------------------------------
@@ -236,16 +244,58 @@ if not DEBUG:
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
+# Content-Security-Policy (django-csp): scripts, styles, images and requests from this origin only;
+# no inline script or style, no eval (htmx's eval and injected styles are turned off in base.html).
+# SVG presentation attributes (the gauges, sparklines) are not styles and need no exception.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# Logging: clayops' own messages and every unhandled error of a request (django.request logs it with
+# its traceback at ERROR) or of a job (rq.worker) to the console, where the process manager keeps it.
+LOG_LEVEL = os.environ.get("CLAYOPS_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "clayops": {"handlers": ["console"], "level": os.environ.get("CLAYOPS_LOG_LEVEL", "INFO")},
-        "rq.worker": {"handlers": ["console"], "level": "WARNING"},
+        "clayops": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "dashboard": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "rq.worker": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+
+# Errors to Sentry as well when SENTRY_DSN is set (sentry-sdk's Django and RQ integrations; no
+# personal data: leads' emails and names never leave in an event's request body or locals).
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.django import DjangoIntegration
+    from sentry_sdk.integrations.rq import RqIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        integrations=[DjangoIntegration(), RqIntegration()],
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
+        send_default_pii=False,
+        include_local_variables=False,
+        max_request_body_size="never",
+        traces_sample_rate=0.0,
+    )
 
 # --- clayops ----------------------------------------------------------------------------------
 # Public base URL Clay's HTTP API column posts callbacks to (shown on each webhook's page).
@@ -269,6 +319,12 @@ CLAYOPS_STUCK_SUBMITTING_SECONDS = envint("CLAYOPS_STUCK_SUBMITTING_SECONDS", 12
 CLAYOPS_RESERVATION_TTL_SECONDS = envint("CLAYOPS_RESERVATION_TTL_SECONDS", 300)
 # The most credits one row's enrichment may report in a callback; a larger figure is refused (400).
 CLAYOPS_MAX_CREDITS_PER_ROW = envint("CLAYOPS_MAX_CREDITS_PER_ROW", 1000)
+# Where webhooks (and alert channels) may send: https to these hosts (fnmatch patterns), never to a
+# private, loopback, link-local or metadata address unless its network is listed below; plain http
+# only when allowed. `up` adds the local simulator (127.0.0.1) to all three in development.
+CLAYOPS_DESTINATION_HOSTS = envlist("CLAYOPS_DESTINATION_HOSTS", ["api.clay.com", "*.clay.com"])
+CLAYOPS_DESTINATION_PRIVATE_NETWORKS = envlist("CLAYOPS_DESTINATION_PRIVATE_NETWORKS", [])
+CLAYOPS_DESTINATION_ALLOW_HTTP = envbool("CLAYOPS_DESTINATION_ALLOW_HTTP", False)
 # Enrichment cache lifetime.
 CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
 # A cap on drains, leads per second; 0 (the default): the offline queue drains at the workspace's own
@@ -297,3 +353,35 @@ CLAYOPS_ORPHAN_SECONDS = envint("CLAYOPS_ORPHAN_SECONDS", 60)
 # silent before another worker may take it over (its worker died).
 CLAYOPS_IMPORT_BATCH_ROWS = envint("CLAYOPS_IMPORT_BATCH_ROWS", 1000)
 CLAYOPS_IMPORT_STALE_SECONDS = envint("CLAYOPS_IMPORT_STALE_SECONDS", 300)
+# Alerting (clayops.alerts): a reminder every CLAYOPS_ALERT_REMINDER_MINUTES while an alert stays open
+# (0: none); "breaker still open" after CLAYOPS_ALERT_BREAKER_OPEN_MINUTES; budget alerts at these
+# percentages of the daily limit (one rule each: budget_80, budget_90, budget_100); hosts an alert
+# channel may reach (patterns; its addresses are checked by the destination policy as well).
+CLAYOPS_ALERT_REMINDER_MINUTES = envint("CLAYOPS_ALERT_REMINDER_MINUTES", 60)
+CLAYOPS_ALERT_BREAKER_OPEN_MINUTES = envint("CLAYOPS_ALERT_BREAKER_OPEN_MINUTES", 10)
+CLAYOPS_ALERT_BUDGET_THRESHOLDS = os.environ.get("CLAYOPS_ALERT_BUDGET_THRESHOLDS", "80,90,100")
+CLAYOPS_ALERT_CHANNEL_HOSTS = envlist("CLAYOPS_ALERT_CHANNEL_HOSTS", ["*"])
+# dlq_inflow: more dead letters than this in the last hour.
+CLAYOPS_ALERT_DLQ_PER_HOUR = envint("CLAYOPS_ALERT_DLQ_PER_HOUR", 100)
+
+
+def envnetworks(name: str) -> list[str]:
+    """A comma-separated list of networks (CIDR, or single addresses); a bad one stops start-up."""
+    import ipaddress
+
+    networks = envlist(name, [])
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {network!r} is not a network (e.g. 10.0.0.0/8)") from None
+    return networks
+
+
+# Prometheus metrics at /metrics (clayops.metrics): a scrape needs `Authorization: Bearer <token>`,
+# or must come from one of the networks (the peer's address, REMOTE_ADDR; X-Forwarded-For is not
+# trusted). With neither set, /metrics answers 403.
+CLAYOPS_METRICS_TOKEN = os.environ.get("CLAYOPS_METRICS_TOKEN", "")
+if CLAYOPS_METRICS_TOKEN and len(CLAYOPS_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("CLAYOPS_METRICS_TOKEN must be at least 16 characters")
+CLAYOPS_METRICS_ALLOWED_NETWORKS = envnetworks("CLAYOPS_METRICS_ALLOWED_NETWORKS")

@@ -35,6 +35,10 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 SECURE_SSL_REDIRECT = False
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
+# Tests post to the simulator and to respx routes on loopback, over plain http.
+CLAYOPS_DESTINATION_HOSTS = ["127.0.0.1", "localhost"]
+CLAYOPS_DESTINATION_PRIVATE_NETWORKS = ["127.0.0.0/8"]
+CLAYOPS_DESTINATION_ALLOW_HTTP = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so that worker processes started by tests share the test database.

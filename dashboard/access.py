@@ -7,7 +7,8 @@ from functools import wraps
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
@@ -16,16 +17,19 @@ from clayops.provisioning import can_operate, can_view
 __all__ = ["can_operate", "can_view", "operator_required", "viewer_required"]
 
 
-def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def login_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Django's login_required, except that an htmx request (a poll after the session ended) makes
     the whole page go to the login form instead of swapping the form into a fragment."""
 
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
         if not request.user.is_authenticated:
             htmx = getattr(request, "htmx", None)
             if htmx:
-                back = htmx.current_url_abs_path or "/"
+                try:
+                    back = htmx.current_url_abs_path or "/"
+                except ValueError:  # a malformed HX-Current-URL header (say "http://[x"): back home
+                    back = "/"
                 return HttpResponseClientRedirect(redirect_to_login(back).url)
             return redirect_to_login(request.get_full_path())
         return view(request, *args, **kwargs)
@@ -33,12 +37,12 @@ def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return wrapper
 
 
-def viewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def viewer_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Anonymous → login page; logged in but in neither role → 403."""
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
         if not can_view(request.user):
             raise PermissionDenied("You have no role in clayops: ask an operator to add you to viewers.")
         return view(request, *args, **kwargs)
@@ -46,12 +50,12 @@ def viewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
     return wrapper
 
 
-def operator_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def operator_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Anonymous → login page; viewers and everyone else without clayops.operate → 403."""
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
         if not can_operate(request.user):
             raise PermissionDenied("Only operators may do this.")
         return view(request, *args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -35,7 +35,7 @@ def _card(request: HtmxHttpRequest, webhook_id: int, message: str, event: str) -
 @operator_required
 def breaker_force_open(request: HtmxHttpRequest, webhook_id: int) -> HttpResponse:
     webhook = get_object_or_404(Webhook, pk=webhook_id)
-    reason = request.POST.get("reason", "").strip()[:200] or "paused by operator"
+    reason = request.POST.get("reason", "").replace("\x00", "").strip()[:200] or "paused by operator"
     breaker.force_open(webhook.pk, by=request.user, reason=reason)
     return _card(request, webhook.pk, f"{webhook.name}: paused (forced open).", "breaker-changed")
 
@@ -90,7 +90,7 @@ def _dlq_done(request: HtmxHttpRequest, message: str, event: str, count: int) ->
     if not request.htmx:
         messages.success(request, message)
         if nxt and url_has_allowed_host_and_scheme(nxt, {request.get_host()}):
-            return redirect(nxt)
+            return HttpResponseRedirect(nxt)  # a path or URL, never a view name to reverse
         return redirect(reverse("dashboard:dlq") + "?" + _filter_query(request))
     response = render(request, "dashboard/dlq.html#results", dlq_context(request.POST, message=message))
     return trigger_client_event(response, event, {"count": count, "message": message})
@@ -125,7 +125,7 @@ def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
 @operator_required
 def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
     webhook_id = parse_id(request.POST.get("webhook", ""))
-    error_class = request.POST.get("error_class") or None
+    error_class = request.POST.get("error_class", "").replace("\x00", "") or None
     n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class)
     message = f"Draining {n} entr{'y' if n == 1 else 'ies'} at the drain rate, through budget and breaker."
     return _dlq_done(request, message, "dlq-changed", n)
@@ -155,5 +155,44 @@ def leads_resolve(request: HtmxHttpRequest) -> HttpResponse:
     messages.success(request, f"{verb} {n} lead{'s' if n != 1 else ''}.")
     nxt = request.POST.get("next", "")
     if nxt and url_has_allowed_host_and_scheme(nxt, {request.get_host()}):
-        return redirect(nxt)
+        return HttpResponseRedirect(nxt)  # a path or URL, never a view name to reverse
     return redirect(reverse("dashboard:leads") + f"?state={state}")
+
+
+def _alert_id(request: HtmxHttpRequest) -> int | None:
+    return parse_id(request.POST.get("id", ""))
+
+
+@require_POST
+@operator_required
+def alert_ack(request: HtmxHttpRequest) -> HttpResponse:
+    """Acknowledge an alert: no more reminders (an import_failed alert is closed by it). Audited."""
+    from clayops import alerts
+
+    alert_id = _alert_id(request)
+    if alert_id is None:
+        messages.error(request, "No alert given.")
+    elif alerts.acknowledge(alert_id, by=request.user):
+        messages.success(request, f"Alert {alert_id} acknowledged: no more reminders.")
+    else:
+        messages.info(request, f"Alert {alert_id} was acknowledged already (or does not exist).")
+    return redirect("dashboard:alerts")
+
+
+@require_POST
+@operator_required
+def alert_mute(request: HtmxHttpRequest) -> HttpResponse:
+    """Mute an alert for some minutes (0 unmutes): no notification at all meanwhile. Audited."""
+    from clayops import alerts
+
+    alert_id = _alert_id(request)
+    try:
+        minutes = max(0, min(7 * 24 * 60, int(request.POST.get("minutes", "60"))))
+    except ValueError:
+        minutes = 60
+    if alert_id is None or not alerts.mute(alert_id, minutes=minutes, by=request.user):
+        messages.error(request, "No such alert.")
+    else:
+        done = f"muted for {minutes} minutes." if minutes else "unmuted."
+        messages.success(request, f"Alert {alert_id} {done}")
+    return redirect("dashboard:alerts")

@@ -46,6 +46,8 @@ class DlqFilterForm(forms.Form):
         self.fields["webhook"].choices = _blank("Any webhook", hooks)  # type: ignore[attr-defined]
         known = selectors.dlq_error_classes()  # cached: a class newer than the cache is still accepted,
         asked = self.data.get("error_class") if self.is_bound else None  # never silently dropped
+        if asked and ("\x00" in asked or len(asked) > 40):  # never a class: no database may be asked
+            asked = None
         classes = [(c, c) for c in known + ([asked] if asked and asked not in known else [])]
         self.fields["error_class"].choices = _blank("Any error class", classes)  # type: ignore[attr-defined]
 

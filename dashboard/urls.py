@@ -15,6 +15,7 @@ urlpatterns = [
     path("imports/", views.imports, name="imports"),
     path("imports/upload", actions.import_upload, name="import_upload"),
     path("imports/<id:import_id>/", views.import_detail, name="import_detail"),
+    path("imports/<id:import_id>/invalid-rows.csv", views.import_errors_csv, name="import_errors_csv"),
     path("dlq/", views.dlq, name="dlq"),
     path("dlq/<id:entry_id>/", views.dlq_entry, name="dlq_entry"),
     path("dlq/drain/preview", views.dlq_drain_preview, name="dlq_drain_preview"),
@@ -22,4 +23,7 @@ urlpatterns = [
     path("dlq/retry", actions.dlq_retry, name="dlq_retry"),
     path("dlq/discard", actions.dlq_discard, name="dlq_discard"),
     path("audit/", views.audit, name="audit"),
+    path("alerts/", views.alerts, name="alerts"),
+    path("alerts/ack", actions.alert_ack, name="alert_ack"),
+    path("alerts/mute", actions.alert_mute, name="alert_mute"),
 ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.http import Http404, HttpResponse, QueryDict
+import csv
+from collections.abc import Iterator
+
+from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_safe
@@ -10,6 +13,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from clayops import dlq as dlq_service
 from clayops import selectors
+from clayops.imports.normalize import neutralise
 
 from .access import HtmxHttpRequest, viewer_required
 from .forms import AuditFilterForm, DlqFilterForm, LeadFilterForm, UploadForm, clean_filters
@@ -29,10 +33,12 @@ def render_page(request: HtmxHttpRequest, template: str, partial: str, context: 
 @viewer_required
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     cards = selectors.overview_cards()
-    version = selectors.cards_version(cards)
+    nodes = selectors.process_nodes()
+    version = selectors.cards_version(cards, nodes)
     if request.htmx and request.GET.get("v") == version:
         return HttpResponse(status=204)  # nothing changed: htmx keeps what it shows
-    return render_page(request, "dashboard/overview.html", "cards", {"cards": cards, "version": version})
+    context = {"cards": cards, "nodes": nodes, "version": version}
+    return render_page(request, "dashboard/overview.html", "cards", context)
 
 
 @require_safe
@@ -85,6 +91,32 @@ def import_detail(request: HtmxHttpRequest, import_id: int) -> HttpResponse:
         stop = HttpResponseStopPolling(response.content)  # 286: htmx swaps this, then stops polling
         patch_vary_headers(stop, ["HX-Request"])
         return stop
+    return response
+
+
+class _Echo:
+    """csv.writer's file: each row written is returned, for a streamed response."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+@require_safe
+@viewer_required
+def import_errors_csv(request: HtmxHttpRequest, import_id: int) -> StreamingHttpResponse:
+    """Every invalid row the import stored, as CSV (line, reason, row as read), streamed; every cell
+    neutralised against spreadsheet formula injection."""
+    if not selectors.import_exists(import_id):
+        raise Http404("No such import")
+    writer = csv.writer(_Echo())
+
+    def rows() -> Iterator[str]:
+        yield writer.writerow(["line", "reason", "row_as_read"])
+        for line, error, raw in selectors.import_row_errors(import_id):
+            yield writer.writerow([line, neutralise(error), neutralise(raw)])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="import-{import_id}-invalid-rows.csv"'
     return response
 
 
@@ -148,3 +180,21 @@ def audit(request: HtmxHttpRequest) -> HttpResponse:
     size = selectors.page_size(request.GET.get("size"))
     page = selectors.audit_page(filters=clean_filters(form), cursor=request.GET.get("cursor"), size=size)
     return render_page(request, "dashboard/audit.html", "results", {"form": form, "page": page})
+
+
+@require_safe
+@viewer_required
+def alerts(request: HtmxHttpRequest) -> HttpResponse:
+    """Open alerts first (newest first), then the last resolved ones."""
+    from django.utils import timezone
+
+    from clayops.models import Alert
+
+    rows = Alert.objects.select_related("acknowledged_by")
+    context = {
+        "open": list(rows.filter(state=Alert.State.OPEN)),
+        "history": list(rows.filter(state=Alert.State.RESOLVED)[:100]),
+        "now": timezone.now(),
+        "mute_choices": [(60, "1 hour"), (240, "4 hours"), (1440, "1 day"), (0, "unmute")],
+    }
+    return render(request, "dashboard/alerts.html", context)

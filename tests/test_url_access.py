@@ -5,7 +5,7 @@ viewer and an operator, with GET and POST. GETs never change state (checked on t
 from __future__ import annotations
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from clayops.models import AuditEntry, Lead
@@ -18,10 +18,12 @@ ACCESS = {
     "dashboard:lead_detail": "viewer",
     "dashboard:imports": "viewer",
     "dashboard:import_detail": "viewer",
+    "dashboard:import_errors_csv": "viewer",
     "dashboard:dlq": "viewer",
     "dashboard:dlq_entry": "viewer",
     "dashboard:dlq_drain_preview": "viewer",
     "dashboard:audit": "viewer",
+    "dashboard:alerts": "viewer",
     "dashboard:breaker_force_open": "operator",
     "dashboard:breaker_reset": "operator",
     "dashboard:offline_drain": "operator",
@@ -30,9 +32,12 @@ ACCESS = {
     "dashboard:dlq_drain": "operator",
     "dashboard:dlq_retry": "operator",
     "dashboard:dlq_discard": "operator",
+    "dashboard:alert_ack": "operator",
+    "dashboard:alert_mute": "operator",
     "lead-data": "viewer reads, operator serves",
     "clay-callback": "Clay, with the webhook's secret",
     "healthz": "anyone",
+    "metrics": "Prometheus, with the metrics token or from an allowed network",
     "login": "anyone",
     "logout": "anyone signed in (POST)",
 }
@@ -117,6 +122,10 @@ def test_it_lets_each_role_do_exactly_what_the_table_says(world, who):
             assert get.status_code == 405 and post.status_code == 401, where
         elif name == "healthz":
             assert get.status_code == 200 and post.status_code == 405, where
+        elif rule.startswith("Prometheus"):
+            assert get.status_code == 403 and post.status_code == 405, where  # off until configured
+            with override_settings(CLAYOPS_METRICS_TOKEN="t" * 32):
+                assert client.get(url).status_code == 401, where  # a dashboard login is no token
         else:  # login / logout
             assert get.status_code in (200, 405) and post.status_code < 500, where
 

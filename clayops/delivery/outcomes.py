@@ -203,11 +203,22 @@ def _payment(f: Failure) -> str:
 def _not_found(f: Failure) -> str:
     """404: table deleted or webhook replaced. Stop using it, tell the operator, fail over."""
     f.failed("404: webhook gone")
+    return _retire(f, "webhook_broken")
+
+
+def _refused(f: Failure) -> str:
+    """The destination policy refused the webhook's URL or address: nothing reached Clay, so the
+    breaker and health are untouched; like a 404, the webhook is taken out of use."""
+    f.not_a_failure()
+    return _retire(f, "webhook_refused")
+
+
+def _retire(f: Failure, action: str) -> str:
+    """Take the webhook out of use (audited) and send its leads back to the queue: they fail over to
+    the workspace's next webhook, or are deferred when it has none."""
     Webhook.objects.filter(pk=f.webhook.pk).update(is_active=False, broken_reason=f.result.error[:200])
     AuditEntry.objects.create(
-        action="webhook_broken",
-        target=f"webhook:{f.webhook.pk} {f.webhook}",
-        detail={"error": f.result.error[:300]},
+        action=action, target=f"webhook:{f.webhook.pk} {f.webhook}", detail={"error": f.result.error[:300]}
     )
     f.set(state=S.QUEUED, last_error=f.result.error, error_class=f.result.error_class)
     enqueue_leads(f.ids)
@@ -279,4 +290,5 @@ HANDLERS: dict[str | None, Callable[[Failure], str]] = {
     E.RATE_LIMITED: _rate_limited,
     E.PAYMENT: _payment,
     E.NOT_FOUND: _not_found,
+    E.DESTINATION_REFUSED: _refused,
 }

@@ -29,6 +29,9 @@ class Stop(Exception):
     """A stop signal arrived."""
 
 
+PUBLISH_EVERY = 5.0  # seconds between status publications when nothing changed
+
+
 @dataclass
 class Child:
     name: str
@@ -53,6 +56,10 @@ class Supervisor:
     # Called every loop; returns a message when it had to restart something (the embedded Redis).
     watchdogs: list[Callable[[], str | None]] = field(default_factory=list)
     status_file: str | None = None
+    # Called with the status (at most every PUBLISH_EVERY seconds, and at once when it changes):
+    # `up` puts it in Redis, where every node's dashboard shows it.
+    publish: Callable[[dict], None] | None = None
+    _published: tuple[float, str] = (0.0, "")
 
     def add(self, name: str, argv: list[str]) -> Child:
         child = Child(name, argv)
@@ -129,12 +136,18 @@ class Supervisor:
         ]
 
     def _write_status(self) -> None:
-        if not self.status_file:
-            return
-        tmp = f"{self.status_file}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"at": time.time(), "children": self.status()}, fh)
-        os.replace(tmp, self.status_file)
+        status = {"at": time.time(), "children": self.status()}
+        if self.status_file:
+            tmp = f"{self.status_file}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(status, fh)
+            os.replace(tmp, self.status_file)
+        if self.publish is not None:
+            digest = json.dumps(status["children"], sort_keys=True)
+            last, seen = self._published
+            if digest != seen or time.monotonic() - last >= PUBLISH_EVERY:
+                self._published = (time.monotonic(), digest)
+                self.publish(status)
 
 
 def _kill_group(child: Child, sig: int) -> None:

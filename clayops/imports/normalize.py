@@ -108,3 +108,25 @@ def first_value(fields: list[str], cols: Iterable[int]) -> str:
 
 def quoted(value: str, limit: int = 80) -> str:
     return f"“{value[:limit]}…”" if len(value) > limit else f"“{value}”"
+
+
+# Spreadsheet formula injection (OWASP "CSV Injection"): a cell starting with one of these is run as
+# a formula by Excel, LibreOffice or Google Sheets when a CSV is opened there.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def is_formula_like(value: str) -> bool:
+    """True for a cell a spreadsheet would take as a formula. A plain number ("-5", "+1.5") is not."""
+    if not value or not value.startswith(FORMULA_STARTS):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return False
+
+
+def neutralise(value: str) -> str:
+    """A cell made safe for a CSV export, as OWASP advises: a formula-like cell gets a leading ' so a
+    spreadsheet shows it as text (csv.writer then quotes and escapes it as needed)."""
+    return "'" + value if is_formula_like(value) else value

@@ -26,6 +26,7 @@ from .normalize import (
     NOT_COMPANY_DOMAINS,
     first_value,
     header_key,
+    is_formula_like,
     lead_fingerprint,
     normalize_domain,
     quoted,
@@ -105,6 +106,7 @@ def _claim(import_id: int):
                 valid_rows=0,
                 invalid_rows=0,
                 duplicate_rows=0,
+                formula_rows=0,
                 error="",
             )
         )
@@ -147,6 +149,7 @@ class _ImportRun:
         self.max_rows = settings.CLAYOPS_IMPORT_MAX_ROWS
         self.batch_rows = getattr(settings, "CLAYOPS_IMPORT_BATCH_ROWS", BATCH_ROWS)
         self.total = self.valid = self.invalid = self.duplicate = 0
+        self.formula = 0  # rows with a formula-like cell (flagged in the summary)
         self.stored_errors = 0
         self.batch: dict[str, dict[str, Any]] = {}  # fingerprint → the new lead's varying fields
         self.writer = _LeadWriter(lead_import_id=imp.pk, webhook_id=imp.webhook_id)
@@ -268,6 +271,8 @@ class _ImportRun:
     # Rows
 
     def add_row(self, fields: list[str], lines: list[Line]) -> None:
+        if any(is_formula_like(value) for value in fields):
+            self.formula += 1
         row = self._row_dict(fields)
         raw_email = first_value(fields, self.email_cols)
         raw_domain = first_value(fields, self.domain_cols)
@@ -399,6 +404,7 @@ class _ImportRun:
             "valid_rows": self.valid if valid is None else valid,
             "invalid_rows": self.invalid,
             "duplicate_rows": self.duplicate if duplicate is None else duplicate,
+            "formula_rows": self.formula,
             "bytes_read": self.source.bytes_read if self.source else 0,
         }
 

@@ -35,7 +35,8 @@ def _human_bytes(n: int) -> str:
 
 
 def create_import(*, file: Any, filename: str, by: Any = None, webhook: Webhook | None = None) -> LeadImport:
-    """Store an uploaded CSV under MEDIA_ROOT/imports/ and enqueue its import after commit.
+    """Store an uploaded CSV in the database (clayops.blobstore: every node's worker can read it) and
+    enqueue its import after commit.
 
     `file` is a Django UploadedFile or any binary file object. Raises ImportRefused for a name not
     ending in .csv/.txt, an empty file, or one over CLAYOPS_IMPORT_MAX_BYTES; nothing is stored then.

@@ -71,13 +71,24 @@ def context(browser, live_server):
     ctx.close()
 
 
+def _unexpected(msg) -> bool:
+    if msg.type != "error":
+        return False
+    text = msg.text
+    return "Content Security Policy" in text or "status of 404" in text or "status of 5" in text
+
+
 @pytest.fixture
 def page(context):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Console errors too: a Content-Security-Policy violation (an inline style or script the policy
+    # blocks) and a failed resource load (a missing favicon) are reported there, not as page errors.
+    # (A 403 is what the forged-request test asks for; it is not counted.)
+    page.on("console", lambda msg: errors.append(msg.text) if _unexpected(msg) else None)
     yield page
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not errors, f"JavaScript or console errors on the page: {errors}"
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from clayops import provisioning
+from clayops import nodes, provisioning
 from clayops.contract import CALLBACK_HEADER
 from clayops.devtools.supervisor import Stop, Supervisor, ignore_stop_signals, install_stop_handlers
 
@@ -48,7 +48,10 @@ class Command(BaseCommand):
         redis_server = self._start_redis()
         env["REDIS_URL"] = settings.REDIS_URL
         supervisor = Supervisor(
-            env=env, say=self._say, status_file=str(Path(settings.VAR_DIR) / "supervisor.json")
+            env=env,
+            say=self._say,
+            status_file=str(Path(settings.VAR_DIR) / "supervisor.json"),
+            publish=nodes.publish,
         )
         if redis_server is not None:
             supervisor.watchdogs.append(lambda: _revive(redis_server))
@@ -57,7 +60,9 @@ class Command(BaseCommand):
             login = self._operator_login(opts)
             if not opts["no_simulator"]:
                 self._start_simulator(supervisor, manage, opts, env)
-            queues = ["submit", "maintenance", "default"]
+            # maintenance first: RQ serves the first non-empty queue, and the reapers and drains must
+            # not wait behind a backlog of send jobs.
+            queues = ["maintenance", "submit", "default"]
             for i in range(max(1, opts["workers"])):
                 argv = [manage, "rqworker", *queues, "--worker-class", "rq.worker.SimpleWorker"]
                 if i == 0:
@@ -90,6 +95,9 @@ class Command(BaseCommand):
             "-m",
             "gunicorn",
             "clayops.wsgi:application",
+            "--chdir",
+            str(settings.BASE_DIR),
+            "--no-control-socket",  # one per node, not ~/.gunicorn/gunicorn.ctl shared by every `up`
             "--bind",
             f"{opts['host']}:{opts['port']}",
             "--workers",
@@ -102,17 +110,26 @@ class Command(BaseCommand):
 
     def _operator_login(self, opts) -> str:
         """The operator's login line. The password is made once and kept in var/operator_password
-        (0600), so restarts keep the operator's sessions; --reset-password makes a new one."""
+        (0600), so restarts keep the operator's sessions; --reset-password makes a new one. A node
+        joining a shared database where the operator already has another password leaves it alone
+        (another node, or a person, set it)."""
         provisioning.ensure_roles()
+        username = opts["username"]
         path = Path(settings.VAR_DIR) / "operator_password"
-        password = None if opts["reset_password"] else _read_secret(path)
-        if password is None:
+        kept = None if opts["reset_password"] else _read_secret(path)
+        existing = provisioning.find_user(username)
+        if opts["reset_password"] or existing is None:
             password = secrets.token_urlsafe(12)
-            provisioning.ensure_operator(opts["username"], password)
+            provisioning.ensure_operator(username, password)
             _write_secret(path, password)
-            return f"{opts['username']} / {password}"
-        provisioning.ensure_operator(opts["username"], password)
-        return f"{opts['username']} / {password}  (kept in {path}; `up --reset-password` for a new one)"
+            return f"{username} / {password}"
+        provisioning.ensure_operator(username, None)  # roles and staff, the password untouched
+        if kept is not None and existing.check_password(kept):
+            return f"{username} / {kept}  (kept in {path}; `up --reset-password` for a new one)"
+        return (
+            f"{username} (its password was set elsewhere: another node or by hand; "
+            "`up --reset-password` sets a new one and prints it)"
+        )
 
     def _child_env(self, opts) -> dict[str, str]:
         env = dict(os.environ)
@@ -122,6 +139,12 @@ class Command(BaseCommand):
             env.setdefault(name, "0")
         env.setdefault("SECURE_HSTS_SECONDS", "0")
         env.setdefault("CLAYOPS_PUBLIC_URL", f"http://{opts['host']}:{opts['port']}")
+        if not opts["no_simulator"]:
+            # The destination policy lets webhooks reach the local simulator (http on 127.0.0.1) only.
+            env["CLAYOPS_DESTINATION_HOSTS"] = ",".join([*settings.CLAYOPS_DESTINATION_HOSTS, "127.0.0.1"])
+            networks = [*settings.CLAYOPS_DESTINATION_PRIVATE_NETWORKS, "127.0.0.1/32"]
+            env["CLAYOPS_DESTINATION_PRIVATE_NETWORKS"] = ",".join(networks)
+            env["CLAYOPS_DESTINATION_ALLOW_HTTP"] = "1"
         return env
 
     def _start_redis(self):
