@@ -1330,7 +1330,13 @@ def run_one(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     soak = Soak(args, args.db)
     report = soak.run()
-    output = {"runs": [report], "ok": report["ok"], "minutes": args.minutes, "seed": args.seed}
+    output = {
+        "runs": [report],
+        "ok": report["ok"],
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "wall_seconds": report["wall_seconds"],
+    }
     if args.report:
         Path(args.report).write_text(json.dumps(output, indent=2, default=str) + "\n")
     if not args.quiet_table:

@@ -11,8 +11,8 @@ Memory stays bounded whatever the file size:
   failed upload leaves nothing behind.
 - `open` returns a read-only, seekable stream that fetches one chunk (one SELECT) at a time.
 
-Only the names of the `clayops` models are imported here, lazily: clayops.models imports this
-module to give `LeadImport.file` its storage.
+The models are imported inside the functions that use them: clayops.models imports this module to
+give `LeadImport.file` its storage.
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ class ChunkReader(io.RawIOBase):
         seq, offset = divmod(self._pos, self.chunk_size)
         if seq != self._seq:
             self._load(seq)
+        if offset >= len(self._chunk):
+            raise OSError(f"stored file {self.name!r}: chunk {seq} is shorter than its file says")
         view = memoryview(buffer).cast("B")
         n = min(len(view), len(self._chunk) - offset)
         view[:n] = self._chunk[offset : offset + n]
@@ -187,7 +189,7 @@ class ChunkReader(io.RawIOBase):
         self._chunk = memoryview(b"")  # let the previous chunk go before the next one arrives
         rows = StoredFileChunk.objects.using(self.using).filter(file_id=self.file_id, seq=seq)
         found = list(rows.values_list("data", flat=True)[:1])
-        if not found or len(found[0]) == 0:
+        if not found:
             raise FileNotFoundError(f"stored file {self.name!r} lost its chunk {seq} (deleted while read?)")
         self._chunk, self._seq = memoryview(found[0]), seq
 

@@ -14,7 +14,7 @@ figures and no multiprocess directory is needed. A scrape is a fixed number of a
   state on the `lead_state_changed` index;
 - DLQ entries by (state, error class) over `dlq_state_class`, cached COUNTS_CACHE_SECONDS;
 - imports by state with their row sums (one row per upload);
-- attempts (sends, outcomes, latency histogram): see `AttemptTotals`. Attempts are kept for ever
+- attempts (sends, outcomes, latency histogram): see `attempt_totals`. Attempts are kept for ever
   (nothing prunes them), but the table grows with every send, so a scrape only reads the attempts
   of the last few minutes; the older ones are folded into running totals kept in the cache;
 - RQ queue lengths and registries (one Redis pipeline).
@@ -117,17 +117,27 @@ def reset() -> None:
 
 
 def _load_fold() -> Fold:
-    """The newest of the cache's fold (shared by every process) and this process' own."""
+    """The newest of the cache's fold (shared by every process) and this process' own.
+
+    The cache holds plain data (a datetime and a dict of lists), never a pickled class of this
+    module; a fold made with other latency buckets (an older release) is ignored and rebuilt."""
+    candidates = list(_last_fold)
     stored = cache.get(FOLD_KEY)
-    candidates = [f for f in (stored, *_last_fold) if isinstance(f, Fold) and f.until is not None]
+    if (
+        isinstance(stored, dict)
+        and isinstance(stored.get("until"), datetime)
+        and stored.get("buckets") == LATENCY_BUCKETS
+    ):
+        candidates.append(Fold(stored["until"], dict(stored.get("rows") or {})))
     if not candidates:
         return Fold()
-    newest = max(candidates, key=lambda f: f.until or datetime.min)
+    newest = max(candidates, key=lambda f: f.until.timestamp() if f.until else 0.0)
     return Fold(newest.until, {key: list(values) for key, values in newest.rows.items()})
 
 
 def _store_fold(fold: Fold) -> None:
-    cache.set(FOLD_KEY, fold, None)  # no expiry: losing it costs one full count, no wrong figure
+    # No expiry: losing it costs one full count of the table, never a wrong figure.
+    cache.set(FOLD_KEY, {"until": fold.until, "buckets": LATENCY_BUCKETS, "rows": fold.rows}, None)
     with _fold_lock:
         _last_fold[:] = [fold]
 

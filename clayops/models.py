@@ -561,4 +561,6 @@ class StoredFileChunk(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["file", "seq"], name="storedfilechunk_file_seq")]
-from .alert_models import AlertChannel, Alert, AlertNotification  # noqa: E402,F401
+
+
+from .alert_models import Alert, AlertChannel, AlertNotification  # noqa: E402,F401

@@ -612,3 +612,28 @@ def test_it_enqueues_each_batch_once_it_is_committed(settings, webhook):
     assert sorted(pk for job in jobs for pk in job) == sorted(imp.leads.values_list("pk", flat=True))
     assert len(jobs) == 3  # batches of 2, 2 and 1 rows
     assert set(Lead.objects.filter(pk__in=jobs[0]).values_list("state", flat=True)) == {Lead.State.QUEUED}
+
+
+def test_an_upload_while_redis_is_down_is_kept_and_enqueued_by_the_tick(
+    db, monkeypatch, django_capture_on_commit_callbacks, settings
+):
+    """The enqueue after commit fails (Redis down): the upload still succeeds with its file kept,
+    and the maintenance tick's requeue_stale_imports enqueues it once Redis answers."""
+    import redis
+
+    from clayops.imports import upload as upload_module
+
+    def down(import_id):
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(upload_module, "enqueue_import", down)
+    with django_capture_on_commit_callbacks(execute=True):
+        imp = upload("email\nann@acme.com\n")
+    imp.refresh_from_db()
+    assert imp.state == LeadImport.State.PENDING and imp.file.storage.exists(imp.file.name)
+    monkeypatch.undo()
+    settings.CLAYOPS_IMPORT_STALE_SECONDS = 0
+    from clayops.imports import requeue_stale_imports
+
+    assert requeue_stale_imports() == 1
+    assert run_import(imp.pk).valid_rows == 1

@@ -153,7 +153,9 @@ def test_it_reports_each_breaker_state_convoy_style(workspace):
     samples, _ = scrape()
     expected = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 2, "no row yet": 0}
     for state, hook in hooks.items():
-        got = value(samples, "clayops_circuit_breaker_state", webhook=str(hook.pk), workspace=str(workspace.pk))
+        got = value(
+            samples, "clayops_circuit_breaker_state", webhook=str(hook.pk), workspace=str(workspace.pk)
+        )
         assert got == expected[state], state
     info = value(
         samples,
@@ -263,7 +265,9 @@ def test_it_counts_sends_429s_and_latency_from_the_attempts(webhook):
     assert ordered[-1] == ("+Inf", 6)
     assert buckets["0.05"] == 3 and buckets["0.5"] == 4 and buckets["2.5"] == 5 and buckets["15.0"] == 5
     assert value(samples, "clayops_send_latency_seconds_count", webhook=hook) == Attempt.objects.count()
-    assert value(samples, "clayops_send_latency_seconds_sum", webhook=hook) == pytest.approx(0.04 + 0.3 + 2 + 2 * 0.01 + 20)
+    assert value(samples, "clayops_send_latency_seconds_sum", webhook=hook) == pytest.approx(
+        0.04 + 0.3 + 2 + 2 * 0.01 + 20
+    )
 
 
 def test_it_folds_old_attempts_into_totals_and_counts_each_once(webhook):
@@ -279,7 +283,10 @@ def test_it_folds_old_attempts_into_totals_and_counts_each_once(webhook):
     # Folded attempts stay counted when their rows go (a counter does not go down) ...
     Attempt.objects.filter(pk__in=[a.pk for a in old]).delete()
     samples, _ = scrape()
-    assert value(samples, "clayops_sends_total", webhook=str(webhook.pk), outcome="accepted", error_class="none") == 3
+    assert (
+        value(samples, "clayops_sends_total", webhook=str(webhook.pk), outcome="accepted", error_class="none")
+        == 3
+    )
     # ... in every process: the fold is in the shared cache, and each process keeps its own copy
     # for when the cache is unreachable.
     metrics.reset()
@@ -290,6 +297,11 @@ def test_it_folds_old_attempts_into_totals_and_counts_each_once(webhook):
     cache.clear()
     metrics.reset()
     assert metrics.attempt_totals([webhook.pk], now=now)[key][metrics.SENDS] == 1
+    # A fold it cannot read (another release's buckets, anything else) is rebuilt, not trusted.
+    for stored in ({"until": now, "buckets": (1.0,), "rows": {key: [99.0]}}, "garbage"):
+        cache.set(metrics.FOLD_KEY, stored, None)
+        metrics.reset()
+        assert metrics.attempt_totals([webhook.pk], now=now)[key][metrics.SENDS] == 1
 
 
 def test_it_counts_imports_and_their_rows(db):
@@ -367,7 +379,10 @@ def test_its_labels_are_bounded_and_carry_no_lead_data(webhook):
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
             labels |= set(sample.labels)
-            assert str(lead.pk) not in sample.labels.values() or sample.labels.keys() <= {"webhook", "workspace"}
+            assert str(lead.pk) not in sample.labels.values() or sample.labels.keys() <= {
+                "webhook",
+                "workspace",
+            }
     assert labels <= ALLOWED_LABELS
 
 

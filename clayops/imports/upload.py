@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import partial
 from typing import Any
@@ -13,6 +14,8 @@ from django.db import transaction
 
 from ..enqueue import enqueue_import
 from ..models import AuditEntry, LeadImport, Webhook
+
+log = logging.getLogger("clayops.imports")
 
 ALLOWED_EXTENSIONS = (".csv", ".txt")
 
@@ -71,6 +74,7 @@ def create_import(*, file: Any, filename: str, by: Any = None, webhook: Webhook 
         state=LeadImport.State.PENDING,
     )
     imp.file.save(name, upload, save=False)  # streamed to storage in chunks
+    committed = False
     try:
         with transaction.atomic():
             imp.save()
@@ -80,8 +84,19 @@ def create_import(*, file: Any, filename: str, by: Any = None, webhook: Webhook 
                 target=f"import:{imp.pk}",
                 detail={"filename": imp.filename, "size_bytes": imp.size_bytes},
             )
-            transaction.on_commit(partial(enqueue_import, imp.pk))
+            transaction.on_commit(partial(_enqueue_after_commit, imp.pk))
+        committed = True
     except BaseException:
-        imp.file.delete(save=False)
+        if not committed:  # the import row never existed: its file goes too
+            imp.file.delete(save=False)
         raise
     return imp
+
+
+def _enqueue_after_commit(import_id: int) -> None:
+    """The import is stored: with Redis down, its job is enqueued later by the maintenance tick
+    (requeue_stale_imports), so the upload succeeds instead of failing after its commit."""
+    try:
+        enqueue_import(import_id)
+    except Exception as exc:  # Redis down (or anything else): the row is committed, the tick recovers it
+        log.warning("import %s: not enqueued (%s); the maintenance tick will enqueue it", import_id, exc)
