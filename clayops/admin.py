@@ -17,12 +17,25 @@ def audit_change(request, obj, form, action: str) -> None:
             changes[field] = "changed (secret)"
         else:
             changes[field] = {  # type: ignore[assignment]
-                "from": str(form.initial.get(field, "")),
+                "from": _shown(form, field, form.initial.get(field, "")),
                 "to": str(form.cleaned_data.get(field)),
             }
     models.AuditEntry.objects.create(
         user=request.user, action=action, target=f"{obj._meta.model_name}:{obj.pk} {obj}", detail=changes
     )
+
+
+def _shown(form, field: str, value) -> str:
+    """The initial value as the cleaned one reads: a foreign key's object (its name), not its id."""
+    choice = form.fields.get(field)
+    if (
+        isinstance(choice, forms.ModelChoiceField)
+        and not isinstance(choice, forms.ModelMultipleChoiceField)
+        and choice.queryset is not None
+        and value not in (None, "")
+    ):
+        value = choice.queryset.model._default_manager.filter(pk=value).first() or value
+    return str(value)
 
 
 class AuditedAdmin(admin.ModelAdmin):

@@ -7,6 +7,12 @@ there; otherwise it takes nothing and says how long to wait. A request for more 
 bucket holds (n > burst) would never pass: it passes when the bucket is full and leaves the bucket
 in debt, so the long-run rate still holds.
 
+Beside the bucket, the script keeps the grants of the last second (a sorted set) and never lets it
+hold more than the burst: Clay has not said whether its limit is a token bucket or a fixed window,
+and a bucket alone hands out burst + rate in the second after an idle spell (a start, a resume, a
+budget raise). With both, no sliding one-second window of grants exceeds the burst, and the
+sustained rate is still the bucket's.
+
 The hourly cap (some plans limit records per hour) is a fixed counter per clock hour, also keyed by
 Redis' clock.
 
@@ -26,6 +32,7 @@ import django_rq
 
 TOKEN_BUCKET = """
 local key = KEYS[1]
+local window_key = KEYS[1] .. ':w'
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -44,10 +51,27 @@ if now > ts then
 end
 local need = math.min(n, burst)
 local wait = 0
-if tokens >= need then
-  tokens = tokens - n
-else
+if tokens < need then
   wait = (need - tokens) / rate
+end
+-- The sliding one-second window: the grants of the last second, never more than the burst
+-- (a bucket alone lets burst + rate through in the second after an idle spell).
+redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - 1)
+local recent = redis.call('ZCARD', window_key)
+local over = recent + n - burst
+if recent > 0 and over > 0 then
+  local k = math.min(over, recent)
+  local oldest = redis.call('ZRANGE', window_key, k - 1, k - 1, 'WITHSCORES')
+  wait = math.max(wait, tonumber(oldest[2]) + 1 - now)
+end
+if wait <= 0 then
+  wait = 0
+  tokens = tokens - n
+  local seq = redis.call('HINCRBY', key, 'seq', n)
+  for i = seq - n + 1, seq do
+    redis.call('ZADD', window_key, now, i)
+  end
+  redis.call('PEXPIRE', window_key, 2000)
 end
 redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', ts))
 -- Once the bucket would be full again its state carries no information: let it expire.

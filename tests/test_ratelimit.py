@@ -20,21 +20,47 @@ def redis():
     return django_rq.get_connection("default")
 
 
-def test_it_grants_the_burst_at_once_then_paces_at_the_rate(redis):
+def test_it_grants_the_burst_at_once_then_waits_for_the_window_then_paces_at_the_rate(redis):
     waits = [ratelimit.acquire(1, rate=10, burst=20, connection=redis) for _ in range(20)]
     assert waits == [0.0] * 20
+    # The bucket would give a token back in 0.1 s, but 20 went in this second: the 21st waits until
+    # the first of them is a second old, so no one-second window ever holds more than the burst.
     wait = ratelimit.acquire(1, rate=10, burst=20, connection=redis)
-    assert 0.05 < wait <= 0.1  # one token comes back every 0.1 s
+    assert 0.9 < wait <= 1.0
     time.sleep(wait)
-    assert ratelimit.acquire(1, rate=10, burst=20, connection=redis) == 0.0
-    assert ratelimit.acquire(1, rate=10, burst=20, connection=redis) > 0
+    # A second later the bucket holds about 10 tokens (the rate): they go, then the rate paces.
+    granted = 0
+    while ratelimit.acquire(1, rate=10, burst=20, connection=redis) == 0.0:
+        granted += 1
+    assert 9 <= granted <= 11
+
+
+def test_no_sliding_second_ever_holds_more_than_the_burst(redis):
+    """Taken as fast as they come for 3 s from a full bucket (a start, a resume after a pause):
+    every sliding one-second window of grants holds at most the burst (a bucket alone: burst + rate),
+    and the run as a whole keeps the rate."""
+    granted: list[float] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 3.0:
+        wait = ratelimit.acquire(11, rate=10, burst=20, connection=redis)
+        if wait == 0.0:
+            granted.append(redis_clock(redis))
+        else:
+            time.sleep(min(wait, 0.02))
+    busiest = max(sum(1 for t in granted if start <= t < start + 1.0) for start in granted)
+    assert busiest <= 20
+    assert 20 + 10 * 2 - 2 <= len(granted) <= 20 + 10 * 3  # burst, then the rate
 
 
 def test_it_takes_nothing_when_it_refuses(redis):
-    for _ in range(20):
+    for _ in range(15):
         ratelimit.acquire(1, rate=10, burst=20, connection=redis)
+    for _ in range(5):
+        assert ratelimit.acquire(1, rate=10, burst=20, connection=redis) == 0.0
+    # The bucket is empty (5 tokens are 0.5 s away) and the window full (the first 5 grants leave
+    # it in a second): the longer of the two.
     first = ratelimit.acquire(1, rate=10, burst=20, n=5, connection=redis)
-    assert 0.4 < first <= 0.5
+    assert 0.9 < first <= 1.0
     # Asking again right away is told about the same wait: the refused request took no tokens.
     assert ratelimit.acquire(1, rate=10, burst=20, n=5, connection=redis) == pytest.approx(first, abs=0.02)
 
@@ -48,8 +74,9 @@ def test_it_keeps_one_bucket_per_workspace(redis):
 
 def test_it_lets_a_request_larger_than_the_burst_through_when_full(redis):
     assert ratelimit.acquire(1, rate=10, burst=5, n=8, connection=redis) == 0.0
-    # ...and the bucket is in debt: the next token is 0.4 s away, so the long-run rate holds.
-    assert ratelimit.acquire(1, rate=10, burst=5, connection=redis) == pytest.approx(0.4, abs=0.02)
+    # ...and the bucket is in debt (the next token 0.4 s away) and the window over the burst: the
+    # next grant waits until those 8 are a second old, so the long-run rate holds.
+    assert ratelimit.acquire(1, rate=10, burst=5, connection=redis) == pytest.approx(1.0, abs=0.03)
 
 
 def test_it_is_unlimited_when_the_rate_is_zero(redis):
@@ -68,8 +95,8 @@ def test_it_blocks_until_granted_or_gives_up_before_max_wait(redis):
     for _ in range(2):
         ratelimit.acquire(1, rate=5, burst=2, connection=redis)
     started = time.monotonic()
-    assert ratelimit.acquire_blocking(1, rate=5, burst=2, max_wait=1.0, connection=redis)
-    assert 0.1 < time.monotonic() - started < 0.6
+    assert ratelimit.acquire_blocking(1, rate=5, burst=2, max_wait=1.5, connection=redis)
+    assert 0.9 < time.monotonic() - started < 1.4  # the window: the first grant a second old
     started = time.monotonic()
     # 10 tokens at 5/s is 2 s away: refused at once rather than sleeping past max_wait.
     assert not ratelimit.acquire_blocking(1, rate=5, burst=20, n=10, max_wait=0.5, connection=redis)

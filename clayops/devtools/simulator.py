@@ -37,6 +37,7 @@ connections so no handler thread outlives the server for long.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import heapq
@@ -344,6 +345,8 @@ class Counters:
     duplicate_rows: int = 0  # rows for a lead id received before
     double_charges: int = 0  # rows for a lead id already answered 2xx
     per_second: dict[int, int] = dataclasses.field(default_factory=dict)  # epoch second -> rows
+    # When each accepted row arrived (epoch seconds), for sliding-window pacing checks (last 200k).
+    arrivals: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=200_000))
     max_per_second: int = 0
     credits_charged: float = 0
     callbacks_sent: int = 0
@@ -644,6 +647,11 @@ class ClaySimulator:
         """How many rows carrying this clayops_lead_id Clay took."""
         with self.lock:
             return self.counters.lead_counts.get(str(lead_id), 0)
+
+    def arrival_times(self) -> list[float]:
+        """Epoch times at which accepted rows arrived, oldest first (the last 200,000)."""
+        with self.lock:
+            return list(self.counters.arrivals)
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -975,6 +983,7 @@ class ClaySimulator:
             del c.per_second[next(iter(c.per_second))]
         c.per_second[second] = count = (count or 0) + n
         c.max_per_second = max(c.max_per_second, count)
+        c.arrivals.extend([time.time()] * n)
         leads = []
         delay = s.callback_delay_s if table.callback_delay_s is None else table.callback_delay_s
         due = time.monotonic() + delay

@@ -44,14 +44,15 @@ def sparkline(
         y = (height - 3) - (float(value) / top) * (height - 6)
         segments[-1].append(f"{i * step:.1f},{y:.1f}")
     paths = "".join(
-        f'<polyline points="{" ".join(s)}"/>'
-        if len(s) > 1
-        else f'<circle cx="{s[0].split(",")[0]}" cy="{s[0].split(",")[1]}" r="1.5"/>'
-        for s in segments
-        if s
+        f'<polyline points="{" ".join(s)}"/>' if len(s) > 1 else _dot(s[0], width) for s in segments if s
     )
     last = known[-1]
     summary = f"{label}: latest {last:.0f}, lowest {min(known):.0f}"
+    if len(known) < FEW_POINTS:  # the first minutes: a dot or two, and say why the line is short
+        summary += " (collecting data)"
+        paths += format_html(
+            '<text x="4" y="{y}" class="spark-note">collecting data…</text>', y=height // 2 + 4
+        )
     return format_html(
         '<svg class="spark" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{s}">'
         "<title>{s}</title>{p}</svg>",
@@ -60,6 +61,15 @@ def sparkline(
         s=summary,
         p=SafeString(paths),
     )
+
+
+FEW_POINTS = 3
+
+
+def _dot(point: str, width: int) -> str:
+    """A lone point as a dot kept inside the box (the latest minute sits on its right edge)."""
+    x, y = (float(v) for v in point.split(","))
+    return f'<circle cx="{min(max(x, 3.0), width - 3.0):.1f}" cy="{y:.1f}" r="2.5"/>'
 
 
 @register.filter
@@ -95,6 +105,21 @@ def pretty_json(value) -> str:
     if value in (None, "", {}, []):
         return ""
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+@register.filter
+def detail_items(detail) -> list[tuple[str, object]]:
+    """An audit entry's detail for one line: empty values left out, {"from", "to"} as "a → b"."""
+    if not isinstance(detail, dict):
+        return []
+    items = []
+    for key, value in detail.items():
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, dict) and set(value) == {"from", "to"}:
+            value = f"{value['from']} → {value['to']}"
+        items.append((key, value))
+    return items
 
 
 @register.filter
