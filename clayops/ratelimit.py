@@ -36,6 +36,7 @@ local window_key = KEYS[1] .. ':w'
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
+local span = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -56,13 +57,13 @@ if tokens < need then
 end
 -- The sliding one-second window: the grants of the last second, never more than the burst
 -- (a bucket alone lets burst + rate through in the second after an idle spell).
-redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - 1)
+redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - span)
 local recent = redis.call('ZCARD', window_key)
 local over = recent + n - burst
 if recent > 0 and over > 0 then
   local k = math.min(over, recent)
   local oldest = redis.call('ZRANGE', window_key, k - 1, k - 1, 'WITHSCORES')
-  wait = math.max(wait, tonumber(oldest[2]) + 1 - now)
+  wait = math.max(wait, tonumber(oldest[2]) + span - now)
 end
 if wait <= 0 then
   wait = 0
@@ -71,7 +72,7 @@ if wait <= 0 then
   for i = seq - n + 1, seq do
     redis.call('ZADD', window_key, now, i)
   end
-  redis.call('PEXPIRE', window_key, 2000)
+  redis.call('PEXPIRE', window_key, math.ceil(span * 1000) + 1000)
 end
 redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', ts))
 -- Once the bucket would be full again its state carries no information: let it expire.
@@ -122,22 +123,36 @@ def run_script(source: str, *, keys: list[str], args: list, connection=None):
     return script(keys=keys, args=args, client=conn)
 
 
-def acquire(workspace_id: int, *, rate: float, burst: int, n: int = 1, connection=None) -> float:
+def acquire(
+    workspace_id: int, *, rate: float, burst: int, n: int = 1, window: float = 1.0, connection=None
+) -> float:
     """Take n tokens: 0.0 if granted, else the seconds to wait (and nothing is taken).
 
-    rate <= 0 means no limit. burst is how many may go at once (at least 1).
+    rate <= 0 means no limit. burst is how many may go at once (at least 1), and at most in any
+    `window` seconds of grants (1 s, or a little more so that requests delayed on their way to Clay
+    still arrive with no one-second window above the burst).
     """
     if rate <= 0 or n <= 0:
         return 0.0
     burst = max(1, int(burst))
     wait = run_script(
-        TOKEN_BUCKET, keys=[f"clayops:rate:{workspace_id}"], args=[rate, burst, int(n)], connection=connection
+        TOKEN_BUCKET,
+        keys=[f"clayops:rate:{workspace_id}"],
+        args=[rate, burst, int(n), max(1.0, float(window))],
+        connection=connection,
     )
     return float(wait)
 
 
 def acquire_blocking(
-    workspace_id: int, *, rate: float, burst: int, n: int = 1, max_wait: float, connection=None
+    workspace_id: int,
+    *,
+    rate: float,
+    burst: int,
+    n: int = 1,
+    max_wait: float,
+    window: float = 1.0,
+    connection=None,
 ) -> bool:
     """Wait for n tokens, at most max_wait seconds. True when granted; False (nothing taken) otherwise.
 
@@ -146,7 +161,7 @@ def acquire_blocking(
     """
     deadline = time.monotonic() + max_wait
     while True:
-        wait = acquire(workspace_id, rate=rate, burst=burst, n=n, connection=connection)
+        wait = acquire(workspace_id, rate=rate, burst=burst, n=n, window=window, connection=connection)
         if wait <= 0:
             return True
         left = deadline - time.monotonic()

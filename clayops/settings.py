@@ -340,6 +340,9 @@ CLAYOPS_BACKOFF_CAP_SECONDS = envfloat("CLAYOPS_BACKOFF_CAP_SECONDS", 300.0)
 # How long a worker waits for the workspace's rate limit before handing the lead back to the queue.
 CLAYOPS_RATE_WAIT_SECONDS = envfloat("CLAYOPS_RATE_WAIT_SECONDS", 30.0)
 CLAYOPS_RATE_HEADROOM = envint("CLAYOPS_RATE_HEADROOM", 1)  # burst tokens left unused against jitter
+# At most the burst (less the headroom) is granted in any 1 s + this: room for requests delayed on
+# their way to Clay, so that Clay sees no one-second window above the burst.
+CLAYOPS_RATE_JITTER_SECONDS = envfloat("CLAYOPS_RATE_JITTER_SECONDS", 0.25)
 # Automatic DLQ retries of transient failures: how many, and the delay before the first.
 CLAYOPS_DLQ_MAX_RETRIES = envint("CLAYOPS_DLQ_MAX_RETRIES", 3)
 CLAYOPS_DLQ_RETRY_DELAY_SECONDS = envint("CLAYOPS_DLQ_RETRY_DELAY_SECONDS", 600)

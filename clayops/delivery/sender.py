@@ -133,6 +133,10 @@ class Sender:
             workspace.pk,
             rate=workspace.rate_limit,
             burst=burst,
+            # Grants are spread over a little more than a second, so that requests delayed between
+            # their token and Clay (scheduling, the database write before the launch) still reach
+            # Clay with no one-second window above the burst.
+            window=1.0 + settings.CLAYOPS_RATE_JITTER_SECONDS,
             n=1,
             max_wait=min(settings.CLAYOPS_RATE_WAIT_SECONDS, left),
         ):
