@@ -33,6 +33,41 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"ok": True})
 
 
+@require_GET
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready to do the work, not just up: the database and Redis answer, a live RQ worker (its
+    heartbeat recent) and a maintenance tick finished within three tick intervals. 503 naming what
+    is missing. Reads only; a few queries and Redis calls."""
+    import time
+
+    import django_rq
+    from django.conf import settings
+    from rq import Worker
+
+    from .maintenance import LAST_TICK_KEY
+
+    problems = []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        problems.append(f"database: {exc.__class__.__name__}")
+    stale = 3 * max(1, settings.CLAYOPS_TICK_SECONDS)
+    try:
+        conn = django_rq.get_connection("default")
+        workers = Worker.all(connection=conn)
+        if not workers:
+            problems.append("no live RQ worker")
+        last_tick = conn.get(LAST_TICK_KEY)
+        if last_tick is None or time.time() - float(last_tick) > stale:
+            problems.append(f"no maintenance tick in the last {stale} s (is rqcron running?)")
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"redis: {exc.__class__.__name__}")
+    if problems:
+        return JsonResponse({"ok": False, "problems": problems}, status=503)
+    return JsonResponse({"ok": True, "workers": len(workers)})
+
+
 @csrf_exempt
 @require_POST
 def clay_callback(request: HttpRequest, webhook_id: int) -> HttpResponse:

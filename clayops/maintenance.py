@@ -4,16 +4,20 @@ every step claims its work with conditional UPDATEs."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from django.utils import timezone
 
 from . import alerts, budget, delivery, dlq, imports
+from .ratelimit import redis_connection
+
+LAST_TICK_KEY = "clayops:last-tick"  # epoch seconds of the last finished tick (for /readyz)
 
 
 def run(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
-    return {
+    counts = {
         "imports_requeued": imports.requeue_stale_imports(),
         "reservations_reaped": budget.reap_expired(now=now),
         "doubtful_sends_released": budget.release_doubtful(now=now),
@@ -26,3 +30,5 @@ def run(*, now: datetime | None = None) -> dict[str, int]:
         "orphans_requeued": delivery.requeue_orphans(now=now),
         "alerts_evaluated": alerts.evaluate(now=now),  # last: sees what the steps above changed
     }
+    redis_connection().set(LAST_TICK_KEY, f"{time.time():.3f}", ex=24 * 3600)
+    return counts

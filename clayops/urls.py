@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/clay/callback/<id:webhook_id>/", api.clay_callback, name="clay-callback"),
     path("api/leads/<id:lead_id>/data", api.lead_data, name="lead-data"),
     path("healthz", api.healthz, name="healthz"),
+    path("readyz", api.readyz, name="readyz"),
     path("metrics", metrics_view.metrics, name="metrics"),
     path("django-rq/", include("django_rq.urls")),
     path("", include("dashboard.urls")),

@@ -558,7 +558,10 @@ def test_no_get_answers_500_or_changes_the_books(world, name, role, path, query,
     with rolled_back():
         before = books()
         response = finished(world.client(role).get(url, headers=htmx))
-        assert response.status_code < 500
+        if name == "readyz":  # its 503 is the answer it exists to give (no worker in these tests)
+            assert response.status_code in (200, 503) and "problems" in response.json()
+        else:
+            assert response.status_code < 500
         assert_unchanged(before, response)
 
 

@@ -37,6 +37,7 @@ ACCESS = {
     "lead-data": "viewer reads, operator serves",
     "clay-callback": "Clay, with the webhook's secret",
     "healthz": "anyone",
+    "readyz": "anyone",
     "metrics": "Prometheus, with the metrics token or from an allowed network",
     "login": "anyone",
     "logout": "anyone signed in (POST)",
@@ -122,6 +123,9 @@ def test_it_lets_each_role_do_exactly_what_the_table_says(world, who):
             assert get.status_code == 405 and post.status_code == 401, where
         elif name == "healthz":
             assert get.status_code == 200 and post.status_code == 405, where
+        elif name == "readyz":  # no worker in unit tests: not ready, and it says why
+            assert get.status_code == 503 and post.status_code == 405, where
+            assert "no live RQ worker" in get.json()["problems"], where
         elif rule.startswith("Prometheus"):
             assert get.status_code == 403 and post.status_code == 405, where  # off until configured
             with override_settings(CLAYOPS_METRICS_TOKEN="t" * 32):
