@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from .models import CircuitBreaker, CreditBudget, Webhook, Workspace
 
@@ -43,6 +43,18 @@ def ensure_roles() -> None:
 
 def find_user(username: str):
     return get_user_model().objects.filter(username=username).first()
+
+
+def create_operator(username: str, password: str) -> bool:
+    """Create the operator with this password; False when it already exists (another node's `up`,
+    starting at the same moment on the same database, made it first): its password stays."""
+    try:
+        with transaction.atomic():
+            get_user_model().objects.create_user(username=username, password=password)
+    except IntegrityError:
+        return False
+    ensure_operator(username, None)
+    return True
 
 
 def ensure_operator(username: str, password: str | None):

@@ -175,7 +175,8 @@ RELEASE_DOUBTFUL = (
 
 def log_in(node: Node, nodes: list[Node]) -> httpx.Cookies:
     """The operator's session cookie, from a login on `node`. The operator is shared through the
-    database: the node whose `up` created it keeps the password (the other leaves it alone)."""
+    database: exactly one node's `up` created it and keeps its password (the other leaves it alone,
+    even when both started at the same moment)."""
     [password] = [
         (n.var / "operator_password").read_text().strip()
         for n in nodes

@@ -118,11 +118,17 @@ class Command(BaseCommand):
         path = Path(settings.VAR_DIR) / "operator_password"
         kept = None if opts["reset_password"] else _read_secret(path)
         existing = provisioning.find_user(username)
-        if opts["reset_password"] or existing is None:
-            password = secrets.token_urlsafe(12)
+        password = secrets.token_urlsafe(12)
+        if opts["reset_password"]:
             provisioning.ensure_operator(username, password)
             _write_secret(path, password)
             return f"{username} / {password}"
+        if existing is None:
+            if provisioning.create_operator(username, password):
+                _write_secret(path, password)
+                return f"{username} / {password}"
+            existing = provisioning.find_user(username)  # another node created it a moment ago
+            assert existing is not None
         provisioning.ensure_operator(username, None)  # roles and staff, the password untouched
         if kept is not None and existing.check_password(kept):
             return f"{username} / {kept}  (kept in {path}; `up --reset-password` for a new one)"
