@@ -40,6 +40,8 @@ CLAYOPS_DESTINATION_HOSTS = ["127.0.0.1", "localhost"]
 CLAYOPS_DESTINATION_PRIVATE_NETWORKS = ["127.0.0.0/8"]
 CLAYOPS_DESTINATION_ALLOW_HTTP = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests hold one connection across tests (pytest-django's transactions): no health-check pings.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so that worker processes started by tests share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}

@@ -14,6 +14,19 @@ from tests.factories import make_budget, make_user, make_webhook, make_workspace
 
 
 @pytest.fixture(autouse=True)
+def _no_dead_connection(django_db_blocker):
+    """A database connection the server closed between tests (seen on PostgreSQL before the first
+    transactional test) is dropped, so the test opens a new one instead of failing at setup."""
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and not conn.in_atomic_block and not conn.is_usable():
+                conn.close()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _flush_redis():
     """Each test starts with an empty private Redis (never the machine's own server)."""
     import django_rq
