@@ -21,6 +21,7 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
+from django.apps import apps
 from django.core.files import File
 from django.core.files.storage import Storage
 from django.db import IntegrityError, router, transaction
@@ -32,9 +33,8 @@ READ_BUFFER = 64 * 1024  # the BufferedReader's buffer; the raw stream keeps the
 
 
 def _models() -> tuple[Any, Any]:
-    from .models import StoredFile, StoredFileChunk
-
-    return StoredFile, StoredFileChunk
+    # Through the app registry, not an import: models.py imports this module for LeadImport.file.
+    return apps.get_model("clayops", "StoredFile"), apps.get_model("clayops", "StoredFileChunk")
 
 
 @deconstructible(path="clayops.blobstore.DatabaseStorage")
