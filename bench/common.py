@@ -251,7 +251,14 @@ class Bench:
         before = {w.name for w in Worker.all(connection=django_rq.get_connection("default"))}
         procs = [
             self.spawn(
-                [sys.executable, MANAGE, "rqworker", *queues, "--worker-class", "rq.worker.SimpleWorker"],
+                [
+                    sys.executable,
+                    MANAGE,
+                    "rqworker",
+                    *queues,
+                    "--worker-class",
+                    "clayops.workers.RidingWorker",
+                ],
                 env=self.env(**env),
                 log_name=f"worker-{len(self.procs)}-{int(time.time())}.log",
             )

@@ -1,4 +1,4 @@
-"""Periodic maintenance, run by `manage.py rqcron clayops.cron` (RQ's cron scheduler), every
+"""Periodic maintenance, run by `manage.py cron` (RQ's cron scheduler), every
 CLAYOPS_TICK_SECONDS. Each job is safe to run twice at once (RQ is at-least-once): they claim work
 with conditional UPDATEs.
 """

@@ -92,7 +92,7 @@ class Workers(_Workers):
         self.log_dir = log_dir
 
     def start(self, n: int = 1) -> None:
-        options = ["--worker-class", "rq.worker.SimpleWorker"]
+        options = ["--worker-class", "clayops.workers.RidingWorker"]
         if self.scheduler:
             options.append("--with-scheduler")
         for _ in range(n):

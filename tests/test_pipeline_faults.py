@@ -81,7 +81,7 @@ class Workers:
                         "submit",
                         "default",
                         "--worker-class",
-                        "rq.worker.SimpleWorker",
+                        "clayops.workers.RidingWorker",
                     ],
                     env=self.env,
                     stdout=subprocess.DEVNULL,

@@ -64,11 +64,11 @@ class Command(BaseCommand):
             # not wait behind a backlog of send jobs.
             queues = ["maintenance", "submit", "default"]
             for i in range(max(1, opts["workers"])):
-                argv = [manage, "rqworker", *queues, "--worker-class", "rq.worker.SimpleWorker"]
+                argv = [manage, "rqworker", *queues, "--worker-class", "clayops.workers.RidingWorker"]
                 if i == 0:
                     argv.append("--with-scheduler")
                 supervisor.add(f"worker-{i + 1}", [sys.executable, *argv])
-            supervisor.add("cron", [sys.executable, manage, "rqcron", "clayops.cron"])
+            supervisor.add("cron", [sys.executable, manage, "cron"])
             supervisor.add("web", [sys.executable, *self._web_argv(manage, opts)])
             self._wait_http(f"http://{opts['host']}:{opts['port']}/healthz", "web server")
             self._banner(opts, login)
