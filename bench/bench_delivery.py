@@ -15,8 +15,9 @@ Scenarios
   clock runs from the first enqueue to the last `accepted_at` in the database. Baseline, measured
   in the same run against the same simulator: a plain sequential loop posting the same kind of rows
   with one httpx.Client (a sample of --baseline-rows rows: a sequential loop is linear in N).
-- pacing: workspace rate 10/s burst 20 and the simulator enforcing the same bucket
-  (set_faults(rate_limit=10, burst=20)); 2 workers; a backlog larger than the run; measured over
+- pacing: workspace rate 10/s burst 20 and the simulator enforcing the same bucket and, at the
+  same time, a fixed one-second window of the burst size (set_faults(rate_limit=10, burst=20,
+  window_limit=20)); 2 workers; a backlog larger than the run; measured over
   --duration seconds from the first enqueue.
 - pacing2: the same with two webhooks (two simulator tables) of one workspace and 4 workers.
 
@@ -329,7 +330,11 @@ def analyse_pacing(per_second: dict[int, int], t0: float, t1: float, rate: float
 def run_pacing(args, bench, sim, *, hooks: int) -> tuple[str, bool]:
     name = "pacing" if hooks == 1 else "pacing2"
     workers = args.pacing_workers or (2 if hooks == 1 else 4)
-    sim.set_faults(latency_ms=args.latency_ms, rate_limit=args.rate, burst=args.burst)
+    # Clay's limit read both ways at once: a token bucket (rate, burst) and a fixed one-second window
+    # of the burst size; a request either refuses is a 429.
+    sim.set_faults(
+        latency_ms=args.latency_ms, rate_limit=args.rate, burst=args.burst, window_limit=args.burst
+    )
     workspace = make_workspace(name, rate=args.rate, burst=args.burst)
     webhooks = [make_webhook(workspace, sim, f"t_{name}_{k}", args.webhook_batch) for k in range(hooks)]
     n = int(args.rate * args.duration * 1.3 + args.burst + 200)

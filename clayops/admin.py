@@ -277,6 +277,24 @@ class AlertChannelAdmin(AuditedAdmin):
                 self.message_user(request, f"{channel}: not sent: {note.error}", messages.ERROR)
 
 
+@admin.register(models.AlertSettings)
+class AlertSettingsAdmin(AuditedAdmin):
+    """One row: the alert rules' thresholds. Until it is saved the CLAYOPS_ALERT_* settings apply;
+    the add form starts from them."""
+
+    list_display = ["__str__", "budget_thresholds", "reminder_minutes", "no_tick_minutes", "updated_at"]
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and not models.AlertSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_changeform_initial_data(self, request):
+        current = models.AlertSettings.from_settings()
+        return {f.name: getattr(current, f.name) for f in current._meta.fields if f.name not in ("id",)}
+
+
 @admin.register(models.Alert)
 class AlertAdmin(admin.ModelAdmin):
     list_display = [

@@ -47,6 +47,79 @@ class AlertChannel(models.Model):
         return False
 
 
+def _thresholds(value: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    try:
+        parts = [int(p) for p in value.split(",") if p.strip()]
+    except ValueError:
+        raise ValidationError("comma-separated whole percentages, e.g. 80,90,100") from None
+    if not parts or any(p < 1 or p > 1000 for p in parts):
+        raise ValidationError("each threshold must be between 1 and 1000 (per cent)")
+
+
+class AlertSettings(models.Model):
+    """The alert rules' thresholds, edited in the admin (one row). Until an operator saves it, the
+    CLAYOPS_ALERT_* settings apply; `current()` never writes."""
+
+    budget_thresholds = models.CharField(
+        max_length=100,
+        validators=[_thresholds],
+        help_text="Budget alerts at these percentages of the daily limit, e.g. 80,90,100.",
+    )
+    reminder_minutes = models.PositiveIntegerField(
+        help_text="A reminder this often while an alert stays open and unacknowledged (0: none)."
+    )
+    breaker_open_minutes = models.PositiveIntegerField(
+        validators=[MinValueValidator(1)], help_text="'Breaker still open' after this many minutes."
+    )
+    dlq_per_hour = models.PositiveIntegerField(
+        help_text="Alert when more leads than this reach the DLQ in an hour."
+    )
+    no_tick_minutes = models.PositiveIntegerField(
+        validators=[MinValueValidator(1)], help_text="Alert when no maintenance tick finished for this long."
+    )
+    no_worker_minutes = models.PositiveIntegerField(
+        validators=[MinValueValidator(1)], help_text="Alert when no RQ worker has been alive for this long."
+    )
+    reopen_minutes = models.PositiveIntegerField(
+        help_text="A problem that comes back within this long after it resolved reopens its alert "
+        "(one history, 'reopened' notifications) instead of opening a new one (0: always a new one)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "alert settings"
+        verbose_name_plural = "alert settings"
+
+    def __str__(self) -> str:
+        return "Alert thresholds"
+
+    def save(self, *args, **kwargs):
+        self.pk = 1  # one row
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def current(cls) -> AlertSettings:
+        return cls.objects.filter(pk=1).first() or cls.from_settings()
+
+    @classmethod
+    def from_settings(cls) -> AlertSettings:
+        return cls(
+            pk=1,
+            budget_thresholds=str(settings.CLAYOPS_ALERT_BUDGET_THRESHOLDS),
+            reminder_minutes=settings.CLAYOPS_ALERT_REMINDER_MINUTES,
+            breaker_open_minutes=settings.CLAYOPS_ALERT_BREAKER_OPEN_MINUTES,
+            dlq_per_hour=settings.CLAYOPS_ALERT_DLQ_PER_HOUR,
+            no_tick_minutes=settings.CLAYOPS_ALERT_NO_TICK_MINUTES,
+            no_worker_minutes=settings.CLAYOPS_ALERT_NO_WORKER_MINUTES,
+            reopen_minutes=settings.CLAYOPS_ALERT_REOPEN_MINUTES,
+        )
+
+    def thresholds(self) -> list[int]:
+        return sorted({int(p) for p in self.budget_thresholds.split(",") if p.strip()})
+
+
 class Alert(models.Model):
     class State(models.TextChoices):
         OPEN = "open"
@@ -68,6 +141,9 @@ class Alert(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolve_message = models.TextField(blank=True)
     reminders_sent = models.PositiveIntegerField(default=0)
+    reopened = models.PositiveIntegerField(
+        default=0, help_text="Times the problem came back within the reopen window after it resolved."
+    )
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -96,6 +172,7 @@ class AlertNotification(models.Model):
         OPENED = "opened"
         REMINDER = "reminder"
         RESOLVED = "resolved"
+        REOPENED = "reopened"
         TEST = "test"
 
     alert = models.ForeignKey(

@@ -16,9 +16,17 @@ the destination policy (channel_problem) and within the channel's hourly cap. Ea
 or suppression is an AlertNotification row. Muted alerts notify nothing (not even "resolved") until
 muted_until; acknowledged alerts get no reminders.
 
-Rules are evaluated level-based by the maintenance tick (evaluate()): each looks at the current
-state of breakers, health, budgets, webhooks, imports and pauses, raises what holds and resolves what
-no longer does. Latency is therefore up to one tick (CLAYOPS_TICK_SECONDS).
+- reopen:   a problem that comes back within AlertSettings.reopen_minutes of its resolve reopens
+            that alert (`UPDATE … SET state = 'open' WHERE id = … AND state = 'resolved'`, under
+            the same constraint) and sends "reopened": one history per problem, as Hookdeck's issues.
+
+Rules are level-based (evaluate()): each looks at the current state of breakers, health, budgets,
+webhooks, imports and pauses, raises what holds and resolves what no longer does. The maintenance
+tick evaluates them all; a transition (a breaker moving, a 429 or 402 pause, a webhook filling up,
+an import failing, a reservation refused) also enqueues an evaluation of its own group at once
+(enqueue.alert_check), so the notification does not wait for the tick. The no-tick and no-worker
+rules (evaluate_liveness) are evaluated by `manage.py cron` too, since a missing tick cannot report
+itself. Thresholds come from the admin's AlertSettings row (else the CLAYOPS_ALERT_* settings).
 """
 
 from __future__ import annotations
@@ -34,16 +42,17 @@ import apprise
 from apprise.plugins.email.base import NotifyEmail
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Sum
+from django.db.models import F, Max, Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from . import destinations, health
-from .alert_models import Alert, AlertChannel, AlertNotification
+from . import destinations, health, liveness
+from .alert_models import Alert, AlertChannel, AlertNotification, AlertSettings
 from .models import (
     AuditEntry,
     CircuitBreaker,
     CreditBudget,
+    CreditReservation,
     CreditUsage,
     DeadLetter,
     LeadImport,
@@ -167,6 +176,7 @@ def _deliver(alert: Alert, kind: str, *, now: datetime) -> int:
         Kind.OPENED.value: "OPEN",
         Kind.REMINDER.value: f"STILL OPEN (reminder {alert.reminders_sent})",
         Kind.RESOLVED.value: "RESOLVED",
+        Kind.REOPENED.value: f"REOPENED ({alert.reopened}x)",
     }[kind]
     title = f"[clayops] {label}: {alert.title}"
     parts = [alert.resolve_message if kind == Kind.RESOLVED else alert.message]
@@ -190,6 +200,9 @@ def raise_alert(
     call opened, or None."""
     now = now or timezone.now()
     if not Alert.objects.filter(rule=rule, target=target, state=OPEN).exists():
+        reopened = _reopen(rule, target, title, message, severity=severity, now=now)
+        if reopened is not None:
+            return reopened
         # A mute outlives a resolve: the same problem coming back within the mute stays quiet.
         muted = Alert.objects.filter(rule=rule, target=target).aggregate(m=Max("muted_until"))["m"]
         try:
@@ -213,9 +226,50 @@ def raise_alert(
     return None
 
 
+def _reopen(rule: str, target: str, title: str, message: str, *, severity: str, now) -> Alert | None:
+    """Reopen the alert of this problem if it resolved within the reopen window (not event rules,
+    not what an operator acknowledged away). Returns it when this call reopened it."""
+    window = AlertSettings.current().reopen_minutes
+    if window <= 0 or rule in EVENT_RULES:
+        return None
+    last = (
+        Alert.objects.filter(
+            rule=rule,
+            target=target,
+            state=Alert.State.RESOLVED,
+            resolved_at__gte=now - timedelta(minutes=window),
+        )
+        .order_by("-resolved_at", "-id")
+        .first()
+    )
+    if last is None:
+        return None
+    try:
+        with transaction.atomic():
+            changed = Alert.objects.filter(pk=last.pk, state=Alert.State.RESOLVED).update(
+                state=OPEN,
+                resolved_at=None,
+                resolve_message="",
+                title=title[:200],
+                message=message,
+                severity=severity,
+                last_notified_at=now,
+                reopened=F("reopened") + 1,
+                acknowledged_at=None,
+                acknowledged_by=None,
+            )
+    except IntegrityError:
+        return None  # another worker opened or reopened it a moment ago: it notifies
+    if not changed:
+        return None
+    last.refresh_from_db()
+    _deliver(last, Kind.REOPENED, now=now)
+    return last
+
+
 def remind(rule: str, target: str, *, now=None) -> bool:
     now = now or timezone.now()
-    minutes = settings.CLAYOPS_ALERT_REMINDER_MINUTES
+    minutes = AlertSettings.current().reminder_minutes
     if minutes <= 0:
         return False
     due = Alert.objects.filter(
@@ -324,8 +378,7 @@ class Condition:
 
 
 def budget_thresholds() -> list[int]:
-    raw = settings.CLAYOPS_ALERT_BUDGET_THRESHOLDS
-    return sorted({int(p) for p in str(raw).split(",") if p.strip()})
+    return AlertSettings.current().thresholds()
 
 
 def _breakers(now: datetime) -> tuple[list[Condition], set[str]]:
@@ -334,7 +387,8 @@ def _breakers(now: datetime) -> tuple[list[Condition], set[str]]:
     failed probe restarts the breaker's own opened_at). Forced open is an operator's pause (audited),
     not alerted."""
     found, checked = [], set()
-    long_after = now - timedelta(minutes=settings.CLAYOPS_ALERT_BREAKER_OPEN_MINUTES)
+    open_minutes = AlertSettings.current().breaker_open_minutes
+    long_after = now - timedelta(minutes=open_minutes)
     for b in CircuitBreaker.objects.select_related("webhook"):
         target = f"webhook:{b.webhook_id}"
         checked.add(target)
@@ -360,7 +414,7 @@ def _breakers(now: datetime) -> tuple[list[Condition], set[str]]:
                     "breaker_open_long",
                     target,
                     f"Breaker still open: {b.webhook}",
-                    f"{b.webhook}: open for more than {settings.CLAYOPS_ALERT_BREAKER_OPEN_MINUTES} minutes.",
+                    f"{b.webhook}: open for more than {open_minutes} minutes.",
                     "critical",
                 )
             )
@@ -412,7 +466,46 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
                 )
             elif share >= p - 5:
                 hysteresis[(rule, target)] = True
+        runout = _runout(b, used, now=now)
+        if runout is not None:
+            found.append(runout)
     return found, checked, hysteresis
+
+
+PACE_WINDOW = timedelta(hours=1)
+PACE_MIN_WINDOW = timedelta(minutes=10)
+
+
+def _runout(b: CreditBudget, used: Decimal, *, now: datetime) -> Condition | None:
+    """budget_runout: at the pace of the last hour (credits reserved or spent by sends that started
+    in it), the day's limit is reached before the daily reset. Not raised before ten minutes of the
+    day have passed (too little to project) or once the limit is reached (budget_100 says that)."""
+    day = b.day_for(now)
+    start = datetime.combine(day, datetime.min.time(), tzinfo=b.tz())
+    reset = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=b.tz())
+    since = max(start, now - PACE_WINDOW)
+    if now - since < PACE_MIN_WINDOW or used >= b.daily_limit:
+        return None
+    recent = CreditReservation.objects.filter(
+        Q(state=CreditReservation.State.HELD) | Q(state=CreditReservation.State.SETTLED),
+        usage__budget=b,
+        usage__day=day,
+        created_at__gt=since,
+    ).aggregate(n=Sum("amount"))["n"] or Decimal(0)
+    per_second = float(recent) / (now - since).total_seconds()
+    if per_second <= 0:
+        return None
+    runs_out = now + timedelta(seconds=float(b.daily_limit - used) / per_second)
+    if runs_out >= reset:
+        return None
+    local = runs_out.astimezone(b.tz())
+    return Condition(
+        "budget_runout",
+        f"budget:{b.pk}",
+        f"Budget {b} runs out before the reset",
+        f"{b}: at {per_second * 3600:.0f} credits an hour, the daily limit of {b.daily_limit} is reached "
+        f"at about {local:%H:%M %Z}, before the reset at 00:00 {b.timezone}; leads then wait for it.",
+    )
 
 
 def _rows(now: datetime) -> tuple[list[Condition], set[str]]:
@@ -470,7 +563,7 @@ def _pauses(now: datetime) -> tuple[list[Condition], set[str]]:
 
 def _dlq(now: datetime) -> tuple[list[Condition], set[str]]:
     """dlq_inflow: more than CLAYOPS_ALERT_DLQ_PER_HOUR dead letters in the last hour."""
-    limit = settings.CLAYOPS_ALERT_DLQ_PER_HOUR
+    limit = AlertSettings.current().dlq_per_hour
     n = DeadLetter.objects.filter(created_at__gt=now - timedelta(hours=1)).count()
     found = []
     if n > limit:
@@ -485,13 +578,59 @@ def _dlq(now: datetime) -> tuple[list[Condition], set[str]]:
     return found, {"dlq"}
 
 
+def _liveness(now: datetime) -> tuple[list[Condition], set[str]]:
+    """no_tick: no maintenance tick finished for AlertSettings.no_tick_minutes (nothing is reaped,
+    retried or drained); no_worker: no RQ worker alive for no_worker_minutes (nothing is sent)."""
+    cfg = AlertSettings.current()
+    conn = liveness.redis_connection()
+    at = now.timestamp()
+    found = []
+    without_tick = liveness.seconds_without_tick(conn, now=at)
+    if without_tick >= cfg.no_tick_minutes * 60:
+        found.append(
+            Condition(
+                "no_tick",
+                "maintenance",
+                "No maintenance tick",
+                f"No maintenance tick has finished for {without_tick / 60:.0f} minutes: stuck leads are "
+                "not recovered, retries and drains do not run. Is `manage.py cron` running, and a worker?",
+                "critical",
+            )
+        )
+    without_worker = liveness.seconds_without_worker(conn, now=at)
+    if without_worker >= cfg.no_worker_minutes * 60:
+        found.append(
+            Condition(
+                "no_worker",
+                "workers",
+                "No live RQ worker",
+                f"No RQ worker has been alive for {without_worker / 60:.0f} minutes: nothing is sent.",
+                "critical",
+            )
+        )
+    return found, {"maintenance", "workers"}
+
+
 RULE_GROUPS: dict[str, tuple[str, ...]] = {
     "breakers": ("breaker_open", "breaker_open_long"),
     "health": ("health_degraded", "health_unhealthy"),
     "rows": tuple(f"webhook_rows_{p}" for p in ROW_THRESHOLDS),
     "pauses": ("paused_429", "paused_402"),
     "dlq": ("dlq_inflow",),
+    "liveness": ("no_tick", "no_worker"),
 }
+CHECKS: dict[str, Callable] = {
+    "breakers": _breakers,
+    "health": _health,
+    "rows": _rows,
+    "pauses": _pauses,
+    "dlq": _dlq,
+    "liveness": _liveness,
+}
+GROUPS = (*CHECKS, "budgets", "imports")
+# What the maintenance tick evaluates: all but liveness, which `manage.py cron` watches (a tick that
+# runs proves there is a tick and a worker; one that does not cannot say so).
+TICK_GROUPS = tuple(g for g in GROUPS if g != "liveness")
 
 
 def _imports(now: datetime) -> int:
@@ -518,25 +657,29 @@ def _imports(now: datetime) -> int:
     return opened
 
 
-def evaluate(*, now: datetime | None = None) -> int:
-    """Raise what holds, resolve what no longer does. Safe with any number of workers at once.
-    Returns the number of alerts this call opened or resolved."""
+def evaluate(*, now: datetime | None = None, only: tuple[str, ...] | list[str] | None = None) -> int:
+    """Raise what holds, resolve what no longer does, for the maintenance tick's rule groups
+    (TICK_GROUPS) or those in `only` (of GROUPS). Safe with any number of workers at once. Returns
+    the number of alerts this call opened, reopened or resolved."""
     now = now or timezone.now()
+    wanted = set(TICK_GROUPS if only is None else only) & set(GROUPS)
     changed = 0
-    groups: list[tuple[Callable, tuple[str, ...]]] = [
-        (_breakers, RULE_GROUPS["breakers"]),
-        (_health, RULE_GROUPS["health"]),
-        (_rows, RULE_GROUPS["rows"]),
-        (_pauses, RULE_GROUPS["pauses"]),
-        (_dlq, RULE_GROUPS["dlq"]),
-    ]
-    for check, rules in groups:
-        found, checked = check(now)
-        changed += _apply(found, checked, rules, now=now)
-    found, checked, keep = _budgets(now)
-    changed += _apply(found, checked, tuple(f"budget_{p}" for p in budget_thresholds()), now=now, keep=keep)
-    changed += _imports(now)
+    for name, check in CHECKS.items():
+        if name in wanted:
+            found, checked = check(now)
+            changed += _apply(found, checked, RULE_GROUPS[name], now=now)
+    if "budgets" in wanted:
+        found, checked, keep = _budgets(now)
+        # Every budget_* rule, so a threshold removed in the admin resolves its open alerts too.
+        changed += _apply(found, checked, "budget_", now=now, keep=keep)
+    if "imports" in wanted:
+        changed += _imports(now)
     return changed
+
+
+def evaluate_liveness(*, now: datetime | None = None) -> int:
+    """The no-tick and no-worker rules alone: what `manage.py cron` evaluates on its own."""
+    return evaluate(now=now, only=("liveness",))
 
 
 def _apply(found, checked, rules, *, now, keep=None) -> int:
@@ -547,7 +690,10 @@ def _apply(found, checked, rules, *, now, keep=None) -> int:
     # Every open alert of these rules that no longer holds, including targets gone since (`checked`
     # lists what was looked at, for the reader; a deleted webhook's alert resolves too).
     del checked
-    stale = Alert.objects.filter(state=OPEN, rule__in=rules)
+    if isinstance(rules, str):  # a prefix
+        stale = Alert.objects.filter(state=OPEN, rule__startswith=rules)
+    else:
+        stale = Alert.objects.filter(state=OPEN, rule__in=rules)
     for rule, target in stale.values_list("rule", "target"):
         if (rule, target) in holding or (keep and (rule, target) in keep):
             continue

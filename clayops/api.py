@@ -44,7 +44,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
     from django.conf import settings
     from rq import Worker
 
-    from .maintenance import LAST_TICK_KEY
+    from .liveness import LAST_TICK_KEY
 
     problems = []
     try:
@@ -60,7 +60,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
             problems.append("no live RQ worker")
         last_tick = conn.get(LAST_TICK_KEY)
         if last_tick is None or time.time() - float(last_tick) > stale:
-            problems.append(f"no maintenance tick in the last {stale} s (is rqcron running?)")
+            problems.append(f"no maintenance tick in the last {stale} s (is `manage.py cron` running?)")
     except Exception as exc:  # noqa: BLE001
         problems.append(f"redis: {exc.__class__.__name__}")
     if problems:

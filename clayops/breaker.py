@@ -43,7 +43,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from .enqueue import schedule_probe
+from .enqueue import alert_check, schedule_probe
 from .models import AuditEntry, CircuitBreaker, CircuitEvent
 from .ratelimit import redis_connection, run_script
 
@@ -117,6 +117,7 @@ def _event(
     CircuitEvent.objects.create(
         breaker=breaker, from_state=from_state, to_state=to_state, reason=reason[:300], at=now, by=by
     )
+    alert_check("breakers")
     if to_state == State.OPEN:
         # The first probe goes out when the cooldown ends, not at the next maintenance tick.
         schedule_probe(breaker.webhook_id, delay_seconds=float(breaker.cooldown_seconds))

@@ -36,6 +36,7 @@ from django.db.models import DecimalField, F, Subquery, Value
 from django.db.models.functions import Round
 from django.utils import timezone
 
+from .enqueue import alert_check
 from .models import AuditEntry, CreditBudget, CreditReservation, CreditUsage
 
 log = logging.getLogger("clayops.budget")
@@ -151,11 +152,14 @@ def reserve_many(
                     )
                     for pk in lead_ids[:want]
                 )
+                if want < len(lead_ids):
+                    alert_check("budgets")  # the limit refused some: budget_100 now, not next tick
                 return {r.lead_id: r.pk for r in made if r.lead_id is not None}
         if amount <= 0:
             return {}  # spend is already past the limit: nothing fits
         fits = int(remaining(CreditBudget.objects.get(pk=budget.pk), now=now) // amount)
         want = min(want - 1, fits)  # always shrinks: a racing worker cannot keep us looping
+    alert_check("budgets")
     return {}
 
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import django_rq
 from django.conf import settings
+from django.db import transaction
 from redis.exceptions import RedisError
 
 log = logging.getLogger("clayops.enqueue")
@@ -49,6 +50,30 @@ def enqueue_import(import_id: int) -> None:
         job_id=import_job_id(import_id),
         job_timeout=IMPORT_JOB_TIMEOUT,
     )
+
+
+ALERT_CHECK_KEY = "clayops:alert-check:{}"
+ALERT_CHECK_COALESCE_SECONDS = 2
+
+
+def alert_check(group: str) -> None:
+    """Evaluate one group of alert rules (clayops.alerts.GROUPS) now, not at the next maintenance
+    tick: called by the transition itself (a breaker moving, a pause, a webhook filling up, a failed
+    import, a refused reservation). After commit; transitions of one group within
+    ALERT_CHECK_COALESCE_SECONDS share one evaluation (it looks at the state then, so none is
+    missed: the tick evaluates everything anyway). Best effort."""
+
+    def send() -> None:
+        try:
+            conn = django_rq.get_connection("maintenance")
+            if conn.set(ALERT_CHECK_KEY.format(group), "1", nx=True, ex=ALERT_CHECK_COALESCE_SECONDS):
+                django_rq.get_queue("maintenance").enqueue(
+                    "clayops.jobs.evaluate_alerts", [group], at_front=True, result_ttl=60
+                )
+        except RedisError:
+            log.warning("could not enqueue the %s alert check; the maintenance tick will do it", group)
+
+    transaction.on_commit(send)
 
 
 def schedule_probe(webhook_id: int, *, delay_seconds: float) -> None:

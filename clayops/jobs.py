@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from django.db import connections
 
-from . import delivery, imports, maintenance
+from . import alerts, delivery, imports, maintenance
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +56,12 @@ def maintenance_tick() -> dict:
     """Periodic work (RQ cron): reap stale reservations and stuck leads, retry due DLQ entries,
     drain the offline queue, requeue leads whose backoff has passed (clayops.maintenance)."""
     return maintenance.run()
+
+
+@job
+def evaluate_alerts(groups: list[str]) -> int:
+    """A transition asked for its alert rules to be evaluated now (clayops.enqueue.alert_check)."""
+    return alerts.evaluate(only=groups)
 
 
 @job

@@ -4,15 +4,12 @@ every step claims its work with conditional UPDATEs."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from django.utils import timezone
 
-from . import alerts, budget, delivery, dlq, imports
-from .ratelimit import redis_connection
-
-LAST_TICK_KEY = "clayops:last-tick"  # epoch seconds of the last finished tick (for /readyz)
+from . import alerts, budget, delivery, dlq, imports, liveness
+from .liveness import LAST_TICK_KEY  # noqa: F401 (tests and older callers name it here)
 
 
 def run(*, now: datetime | None = None) -> dict[str, int]:
@@ -30,5 +27,5 @@ def run(*, now: datetime | None = None) -> dict[str, int]:
         "orphans_requeued": delivery.requeue_orphans(now=now),
         "alerts_evaluated": alerts.evaluate(now=now),  # last: sees what the steps above changed
     }
-    redis_connection().set(LAST_TICK_KEY, f"{time.time():.3f}", ex=24 * 3600)
+    liveness.record_tick()
     return counts

@@ -52,7 +52,16 @@ from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 from . import health, selectors
-from .models import Attempt, CircuitBreaker, CreditBudget, CreditUsage, DeadLetter, Lead, LeadImport, Webhook
+from .models import (
+    Attempt,
+    CircuitBreaker,
+    CreditBudget,
+    CreditUsage,
+    DeadLetter,
+    Lead,
+    LeadImport,
+    Webhook,
+)
 from .retry import ErrorClass
 
 PREFIX = "clayops_"
@@ -316,7 +325,7 @@ class ClayopsCollector(Collector):
         yield from self._attempts(ids, now=now)
         yield from self._budgets(now=now)
         yield from self._dlq_and_imports()
-        yield from self._queues()
+        yield from self._queues({hook[2] for hook in hooks if hook[2] is not None})
         duration = gauge("scrape_duration_seconds", "Time this scrape took to read every figure.")
         duration.add_metric([], time.perf_counter() - started)
         yield duration
@@ -488,7 +497,7 @@ class ClayopsCollector(Collector):
             rows.add_metric([result], sum(values[i] for values in by_state.values()))
         yield from (dlq, imports, rows)
 
-    def _queues(self) -> Iterator[Metric]:
+    def _queues(self, workspaces: set[int]) -> Iterator[Metric]:
         up = gauge("redis_up", "1 when the scrape could read RQ's queues from Redis.")
         jobs = _queue_jobs()
         up.add_metric([], 0 if jobs is None else 1)
@@ -502,6 +511,46 @@ class ClayopsCollector(Collector):
             for (queue, status), n in jobs.items():
                 family.add_metric([queue, status], n)
             yield family
+        yield from self._pacing_and_liveness(workspaces)
+
+    def _pacing_and_liveness(self, workspaces: set[int]) -> Iterator[Metric]:
+        """Rate-limit waits per workspace (counted by ratelimit.record_wait), the age of the last
+        maintenance tick and the live RQ workers; nothing when Redis does not answer."""
+        from . import liveness, ratelimit
+
+        try:
+            conn = ratelimit.redis_connection()
+            waits = ratelimit.waits(conn)
+            tick = liveness.last_tick(conn)
+            workers = liveness.live_workers(conn)
+        except (RedisError, OSError):
+            return
+        n = CounterMetricFamily(
+            PREFIX + "rate_limit_waits",
+            "Times a worker waited for its workspace's rate limit before sending.",
+            labels=["workspace"],
+        )
+        seconds = CounterMetricFamily(
+            PREFIX + "rate_limit_wait_seconds",
+            "Seconds workers spent waiting for their workspace's rate limit.",
+            labels=["workspace"],
+        )
+        for ws in workspaces:
+            waits.setdefault(ws, (0, 0.0))
+        for ws, (count, waited) in sorted(waits.items()):
+            n.add_metric([str(ws)], count)
+            seconds.add_metric([str(ws)], waited)
+        yield from (n, seconds)
+        age = gauge(
+            "maintenance_tick_age_seconds",
+            "Seconds since the last maintenance tick finished (absent: none on record).",
+        )
+        if tick is not None:
+            age.add_metric([], max(0.0, time.time() - tick))
+        yield age
+        live = gauge("rq_workers", "RQ workers registered and not expired.")
+        live.add_metric([], workers)
+        yield live
 
 
 REGISTRY = CollectorRegistry(auto_describe=False)

@@ -321,6 +321,7 @@ class LeadImport(models.Model):
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     filename = models.CharField(max_length=255)
     # In the database (clayops.blobstore), not on the disk of the node that took the upload: the
@@ -352,6 +353,12 @@ class LeadImport(models.Model):
         "claim token (a running import whose heartbeat is stale may be claimed by another worker).",
     )
     finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(
+        null=True, blank=True, help_text="When an operator cancelled the import (clayops.imports.manage)."
+    )
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -376,6 +383,27 @@ class ImportRowError(models.Model):
 
     class Meta:
         ordering = ["lead_import", "line"]
+
+
+class ImportDuplicate(models.Model):
+    """A row an import skipped as a duplicate, with the lead that already held its fingerprint."""
+
+    lead_import = models.ForeignKey(LeadImport, on_delete=models.CASCADE, related_name="duplicates")
+    line = models.PositiveIntegerField(help_text="Line of the skipped row in the imported file.")
+    email = models.CharField(max_length=254, blank=True, help_text="The skipped row's normalised email.")
+    domain = models.CharField(max_length=253, blank=True, help_text="The skipped row's normalised domain.")
+    original = models.ForeignKey(
+        "Lead",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The lead holding the fingerprint: an earlier line of this file or an older lead.",
+    )
+
+    class Meta:
+        ordering = ["lead_import", "line"]
+        indexes = [models.Index(fields=["lead_import", "line"], name="importdup_import_line")]
 
 
 class Lead(models.Model):
@@ -563,4 +591,4 @@ class StoredFileChunk(models.Model):
         constraints = [models.UniqueConstraint(fields=["file", "seq"], name="storedfilechunk_file_seq")]
 
 
-from .alert_models import Alert, AlertChannel, AlertNotification  # noqa: E402,F401
+from .alert_models import Alert, AlertChannel, AlertNotification, AlertSettings  # noqa: E402,F401

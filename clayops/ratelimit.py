@@ -22,6 +22,7 @@ The scripts run on one Redis client per process (`redis_connection()`): django_r
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -29,6 +30,9 @@ import time
 from typing import Any
 
 import django_rq
+from redis.exceptions import RedisError
+
+log = logging.getLogger("clayops.ratelimit")
 
 TOKEN_BUCKET = """
 local key = KEYS[1]
@@ -159,15 +163,50 @@ def acquire_blocking(
     Gives up at once when the wait the bucket announces would pass max_wait, rather than sleeping
     for nothing. A few milliseconds of jitter keep waiting workers from retrying in lockstep.
     """
-    deadline = time.monotonic() + max_wait
-    while True:
-        wait = acquire(workspace_id, rate=rate, burst=burst, n=n, window=window, connection=connection)
-        if wait <= 0:
-            return True
-        left = deadline - time.monotonic()
-        if wait > left:
-            return False
-        time.sleep(min(left, wait + random.uniform(0, min(0.01, wait))))
+    started = time.monotonic()
+    deadline = started + max_wait
+    waited = False
+    try:
+        while True:
+            wait = acquire(workspace_id, rate=rate, burst=burst, n=n, window=window, connection=connection)
+            if wait <= 0:
+                return True
+            left = deadline - time.monotonic()
+            if wait > left:
+                return False
+            waited = True
+            time.sleep(min(left, wait + random.uniform(0, min(0.01, wait))))
+    finally:
+        if waited:
+            record_wait(workspace_id, time.monotonic() - started, connection=connection)
+
+
+WAITS_KEY = "clayops:metrics:rate-waits"  # hash: "<workspace>:n" waits, "<workspace>:s" seconds
+
+
+def record_wait(workspace_id: int, seconds: float, *, connection=None) -> None:
+    """Count one wait for the workspace's rate limit and its length (Prometheus counters read at
+    scrape time: clayops_rate_limit_waits_total, clayops_rate_limit_wait_seconds_total). Best effort."""
+    try:
+        pipe = (connection or redis_connection()).pipeline(transaction=False)
+        pipe.hincrby(WAITS_KEY, f"{workspace_id}:n", 1)
+        pipe.hincrbyfloat(WAITS_KEY, f"{workspace_id}:s", round(seconds, 6))
+        pipe.execute()
+    except RedisError:
+        log.debug("could not record a rate-limit wait of workspace %s", workspace_id)
+
+
+def waits(connection=None) -> dict[int, tuple[int, float]]:
+    """{workspace id: (waits, seconds waited)} since Redis last lost its data."""
+    raw = (connection or redis_connection()).hgetall(WAITS_KEY)
+    out: dict[int, tuple[int, float]] = {}
+    for field, value in raw.items():
+        ws, _, kind = (field.decode() if isinstance(field, bytes) else field).partition(":")
+        if not ws.isdigit():
+            continue
+        n, s = out.get(int(ws), (0, 0.0))
+        out[int(ws)] = (int(value), s) if kind == "n" else (n, float(value))
+    return out
 
 
 def hourly_allow(workspace_id: int, *, cap: int | None, n: int = 1, connection=None) -> float:

@@ -19,6 +19,7 @@ from enum import StrEnum
 from django.db.models import Q
 from django.utils import timezone
 
+from .enqueue import alert_check
 from .models import Webhook, Workspace
 
 log = logging.getLogger("clayops.retry")
@@ -134,6 +135,7 @@ def pause_webhook(webhook_id: int, *, until: datetime, reason: str = "") -> bool
     )
     if extended:
         log.info("webhook %s paused until %s: %s", webhook_id, until.isoformat(), reason or "no reason given")
+        alert_check("pauses")
     return extended
 
 
@@ -157,6 +159,7 @@ def pause_workspace(workspace_id: int, *, until: datetime, reason: str) -> bool:
     )
     if extended:
         log.warning("workspace %s paused until %s: %s", workspace_id, until.isoformat(), reason)
+        alert_check("pauses")
     return extended
 
 

@@ -552,7 +552,11 @@ class ImportSummary:
 
     @property
     def finished(self) -> bool:
-        return self.lead_import.state in (LeadImport.State.DONE, LeadImport.State.FAILED)
+        return self.lead_import.state in (
+            LeadImport.State.DONE,
+            LeadImport.State.FAILED,
+            LeadImport.State.CANCELLED,
+        )
 
     @property
     def took_seconds(self) -> float | None:
@@ -564,7 +568,8 @@ class ImportSummary:
 
 def import_summary(*, import_id: int) -> ImportSummary | None:
     """The import with its first row errors (by line), for the validation summary."""
-    imp = LeadImport.objects.select_related("uploaded_by", "webhook").filter(pk=import_id).first()
+    related = ("uploaded_by", "webhook", "cancelled_by")
+    imp = LeadImport.objects.select_related(*related).filter(pk=import_id).first()
     if imp is None:
         return None
     errors = list(ImportRowError.objects.filter(lead_import=imp).order_by("line", "pk")[:FIRST_ERRORS])

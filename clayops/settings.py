@@ -366,6 +366,13 @@ CLAYOPS_ALERT_BUDGET_THRESHOLDS = os.environ.get("CLAYOPS_ALERT_BUDGET_THRESHOLD
 CLAYOPS_ALERT_CHANNEL_HOSTS = envlist("CLAYOPS_ALERT_CHANNEL_HOSTS", ["*"])
 # dlq_inflow: more dead letters than this in the last hour.
 CLAYOPS_ALERT_DLQ_PER_HOUR = envint("CLAYOPS_ALERT_DLQ_PER_HOUR", 100)
+# No maintenance tick / no live RQ worker for this many minutes (checked by `manage.py cron` itself,
+# since a missing tick cannot report its own absence); a problem coming back within
+# CLAYOPS_ALERT_REOPEN_MINUTES of its resolve reopens its alert. The admin's "Alert settings" row,
+# once saved, overrides these and the three above.
+CLAYOPS_ALERT_NO_TICK_MINUTES = envint("CLAYOPS_ALERT_NO_TICK_MINUTES", 5)
+CLAYOPS_ALERT_NO_WORKER_MINUTES = envint("CLAYOPS_ALERT_NO_WORKER_MINUTES", 5)
+CLAYOPS_ALERT_REOPEN_MINUTES = envint("CLAYOPS_ALERT_REOPEN_MINUTES", 60)
 
 
 def envnetworks(name: str) -> list[str]:

@@ -32,6 +32,7 @@ log = logging.getLogger("clayops.workers")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 FIRST_WAIT = 0.5
 LONGEST_WAIT = 10.0
+WATCH_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -153,6 +154,27 @@ class RidingCronScheduler(DjangoCronScheduler):
 
     def heartbeat(self) -> None:
         self._ride(super().heartbeat, None)
+        self._watch()
+
+    _watched_at = 0.0
+
+    def _watch(self) -> None:
+        """Evaluate the no-tick and no-worker alert rules here, every WATCH_SECONDS: when no worker
+        runs, no tick runs either, and a missing tick cannot report itself."""
+        if time.monotonic() - self._watched_at < WATCH_SECONDS:
+            return
+        self._watched_at = time.monotonic()
+        from django.db import close_old_connections
+
+        from clayops import alerts
+
+        close_old_connections()
+        try:
+            alerts.evaluate_liveness()
+        except Exception:  # the watch must never stop the scheduler
+            log.exception("CronScheduler %s: the liveness alert check failed", self.name)
+        finally:
+            close_old_connections()
 
     def register_death(self, pipeline=None) -> None:
         try:

@@ -11,8 +11,8 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_safe
 from django_htmx.http import HttpResponseStopPolling
 
+from clayops import deferral, selectors
 from clayops import dlq as dlq_service
-from clayops import selectors
 from clayops.imports.normalize import neutralise
 
 from .access import HtmxHttpRequest, viewer_required
@@ -34,7 +34,11 @@ def render_page(request: HtmxHttpRequest, template: str, partial: str, context: 
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     cards = selectors.overview_cards()
     nodes = selectors.process_nodes()
-    version = selectors.cards_version(cards, nodes)
+    # Each card's banner: why its waiting leads wait, one line per cause (clayops.deferral).
+    banners = deferral.banners([card.webhook.pk for card in cards])
+    for card in cards:
+        card.deferrals = banners.get(card.webhook.pk, [])  # type: ignore[attr-defined]
+    version = selectors.cards_version(cards, nodes) + deferral.banners_version(banners)
     if request.htmx and request.GET.get("v") == version:
         return HttpResponse(status=204)  # nothing changed: htmx keeps what it shows
     context = {"cards": cards, "nodes": nodes, "version": version}
@@ -49,6 +53,9 @@ def leads(request: HtmxHttpRequest) -> HttpResponse:
     filters = clean_filters(form)
     page = selectors.leads_page(filters=filters, cursor=request.GET.get("cursor"), size=size)
     resolve = selectors.resolve_summary(state=filters.get("state") or "", webhook_id=filters.get("webhook"))
+    deferrals = deferral.explain_many(page.items)  # why / until for the waiting leads of the page
+    for lead in page.items:
+        lead.deferral = deferrals.get(lead.pk)
     context = {"form": form, "page": page, "resolve": resolve}
     return render_page(request, "dashboard/leads.html", "results", context)
 
@@ -59,7 +66,8 @@ def lead_detail(request: HtmxHttpRequest, lead_id: int) -> HttpResponse:
     detail = selectors.lead_detail(lead_id=lead_id)
     if detail is None:
         raise Http404("No such lead")
-    return render(request, "dashboard/lead_detail.html", {"detail": detail, "lead": detail.lead})
+    context = {"detail": detail, "lead": detail.lead, "deferral": deferral.explain(detail.lead)}
+    return render(request, "dashboard/lead_detail.html", context)
 
 
 @require_safe
@@ -133,6 +141,11 @@ def dlq_context(data, *, message: str = "") -> dict:
     query = QueryDict(mutable=True)
     for name, value in kept:
         query[name] = value
+    # Entries whose lead waits again (a retry that was deferred): why, and until when.
+    waiting = [e.lead_id for e in page.items if e.lead.state in deferral.WAITING_STATES]
+    deferrals = deferral.explain_lead_ids(waiting)
+    for entry in page.items:
+        entry.lead_deferral = deferrals.get(entry.lead_id)
     return {
         "query": query,
         "form": form,
@@ -157,7 +170,8 @@ def dlq_entry(request: HtmxHttpRequest, entry_id: int) -> HttpResponse:
     detail = selectors.dlq_entry(entry_id=entry_id)
     if detail is None:
         raise Http404("No such DLQ entry")
-    return render(request, "dashboard/dlq_entry.html", {"detail": detail, "entry": detail.entry})
+    context = {"detail": detail, "entry": detail.entry, "deferral": deferral.explain(detail.lead)}
+    return render(request, "dashboard/dlq_entry.html", context)
 
 
 @require_safe
@@ -168,7 +182,17 @@ def dlq_drain_preview(request: HtmxHttpRequest) -> HttpResponse:
     filters = clean_filters(form)
     webhook_id, error_class = filters.get("webhook"), filters.get("error_class")
     preview = dlq_service.drain_preview(webhook_id=webhook_id, error_class=error_class)
-    context = {"form": form, "preview": preview, "webhook_id": webhook_id, "error_class": error_class}
+    # How long it really takes: the drain rate, or a workspace's rate limit when that is slower.
+    estimate = deferral.dlq_drain_estimate(
+        webhook_id=webhook_id, error_class=error_class, drain_rate=dlq_service.drain_rate()
+    )
+    context = {
+        "form": form,
+        "preview": preview,
+        "estimate": estimate,
+        "webhook_id": webhook_id,
+        "error_class": error_class,
+    }
     context["webhook"] = next((w for w in selectors.webhook_choices() if w.pk == webhook_id), None)
     return render_page(request, "dashboard/dlq_drain.html", "confirm", context)
 

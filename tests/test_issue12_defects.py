@@ -133,3 +133,22 @@ def test_sparkline_with_enough_points_does_not_say_collecting():
 
     svg = sparkline([None] * 50 + [100.0, 90.0, 80.0, 100.0])
     assert "<polyline" in svg and "collecting data" not in svg
+
+
+def test_the_default_budget_pays_for_the_readmes_sample(db):
+    """docs/sample-leads.csv: 200 leads plus one bad row and one duplicate, at the simulator webhook's
+    credits per row: every valid row is funded today, none waits for midnight."""
+    import csv
+    from decimal import Decimal
+
+    from django.conf import settings
+
+    from clayops import budget as budget_svc
+    from clayops import provisioning
+
+    hook = provisioning.ensure_simulator_webhook("http://127.0.0.1:8765")
+    with open(f"{settings.BASE_DIR}/docs/sample-leads.csv", newline="") as fh:
+        rows = sum(1 for _ in csv.DictReader(fh))
+    assert rows == 202
+    needed = Decimal(rows - 2) * hook.credits_per_row
+    assert budget_svc.reserve(budget=hook.workspace.budget, amount=needed) is not None

@@ -421,3 +421,22 @@ def test_its_number_of_queries_does_not_grow_with_webhooks_or_leads(db):
     with CaptureQueriesContext(connection) as again:
         scrape()
     assert len(again) <= many
+
+
+def test_it_counts_rate_limit_waits_per_workspace_and_reports_tick_age_and_workers(workspace):
+    from clayops import liveness, ratelimit
+
+    conn = ratelimit.redis_connection()
+    conn.delete(ratelimit.WAITS_KEY, liveness.LAST_TICK_KEY)
+    # A burst of 1 at 20/s: the second take waits about 50 ms for its token.
+    for _ in range(2):
+        assert ratelimit.acquire_blocking(workspace.pk, rate=20, burst=1, max_wait=5)
+    samples, text = scrape()
+    assert value(samples, "clayops_rate_limit_waits_total", workspace=str(workspace.pk)) == 1
+    waited = value(samples, "clayops_rate_limit_wait_seconds_total", workspace=str(workspace.pk))
+    assert 0.01 < waited < 2
+    assert "clayops_maintenance_tick_age_seconds" not in samples  # no tick on record yet
+    assert value(samples, "clayops_rq_workers") == 0
+    liveness.record_tick()
+    samples, _ = scrape()
+    assert 0 <= value(samples, "clayops_maintenance_tick_age_seconds") < 30

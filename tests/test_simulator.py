@@ -135,6 +135,19 @@ def test_it_rate_limits_the_workspace_with_429_and_retry_after(clay_sim, http):
     assert post(http, clay_sim, [row(i) for i in range(20, 26)]).status_code == 429  # 6 rows > burst
 
 
+def test_a_fixed_window_refuses_rows_past_its_size_within_one_wall_clock_second(clay_sim, http):
+    clay_sim.set_faults(window_limit=4)
+    while time.time() % 1 > 0.5:  # start early in a second, so the six posts share it
+        time.sleep(0.05)
+    answers = [post(http, clay_sim, row(i)).status_code for i in range(6)]
+    assert answers == [200] * 4 + [429] * 2
+    assert post(http, clay_sim, [row(10), row(11)]).status_code in (200, 429)  # maybe a new second
+    time.sleep(1.0)
+    assert post(http, clay_sim, [row(20), row(21), row(22), row(23)]).status_code == 200  # a new window
+    stats = clay_sim.stats()
+    assert stats["rate_limited"] >= 2 and stats["max_rows_per_second"] <= 4
+
+
 def test_it_never_lets_more_than_burst_plus_rate_through_in_a_second(clay_sim):
     clay_sim.set_faults(rate_limit=10, burst=10)
     started = time.monotonic()

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -53,6 +55,10 @@ class Up:
                 break
         text = "".join(self.output)
         assert "clayops is up" in text, text
+        # Keep reading: every child writes to this pipe, and a full pipe (64 KiB) would block them all.
+        self.rest: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.rest.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
         return text
 
     def children(self) -> dict[str, dict]:
@@ -62,8 +68,9 @@ class Up:
     def stop(self, sig: int = signal.SIGTERM) -> str:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        rest, _ = self.proc.communicate(timeout=90)
-        return rest
+        self.proc.wait(timeout=90)
+        self.reader.join(timeout=10)
+        return "".join(self.rest)
 
     def manage(self, code: str) -> str:
         argv = [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code]
@@ -162,6 +169,99 @@ def test_it_keeps_the_operators_password_across_restarts(tmp_path):
         assert page.status_code == 200 and answer.status_code == 302, answer.text[:500]
     finally:
         again.stop()
+
+
+def _states(up: Up, prefix: str) -> list[str]:
+    out = up.manage(
+        "import json; from clayops.models import Lead; "
+        f"mine = Lead.objects.filter(fingerprint__startswith='{prefix}'); "
+        "print(json.dumps(list(mine.values_list('state', flat=True))))"
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _accepted_twice(up: Up, prefix: str) -> int:
+    """Leads Clay accepted (2xx) more than once: none may be sent again after a 2xx."""
+    out = up.manage(
+        "from django.db.models import Count; from clayops.models import Attempt; "
+        f"print(Attempt.objects.filter(lead__fingerprint__startswith='{prefix}', status_code__gte=200, "
+        "status_code__lt=300).values('lead').annotate(n=Count('*')).filter(n__gt=1).count())"
+    )
+    return int(out.strip().splitlines()[-1])
+
+
+def test_it_restarts_each_kind_of_child_in_turn_while_leads_flow(tmp_path):
+    """A worker, the web server, cron, the simulator, the other worker and the embedded Redis are
+    SIGKILLed one after the other while 150 leads go out: each comes back by itself, every lead
+    ends accepted or enriched, none is accepted twice, and a lead sent after the simulator's restart
+    is called back (the restarted simulator still knows its callback)."""
+    up = Up(tmp_path)
+    up.start()
+    sessions = sessions_of(up.proc.pid)
+    sim = f"http://127.0.0.1:{up.sim_port}/_sim"
+    try:
+        wait_for(up.children, 10, "the supervisor's status file")
+        up.manage(
+            "from clayops.models import Lead, Webhook; from clayops.enqueue import enqueue_leads; "
+            "hook = Webhook.objects.get(name='simulator'); "
+            "Lead.objects.bulk_create([Lead(row={'email': f'u{i}@c{i}.com'}, "
+            "fingerprint=f'turn-{i}', email=f'u{i}@c{i}.com', domain=f'c{i}.com', state='queued', "
+            "webhook=hook) for i in range(150)]); "
+            "enqueue_leads([lead.pk for lead in Lead.objects.filter(fingerprint__startswith='turn-')])"
+        )
+        wait_for(lambda: httpx.get(f"{sim}/stats", timeout=2).json()["rows_accepted"] >= 5, 60, "sending")
+        for name in ("worker-1", "web", "cron", "simulator", "worker-2", "redis"):
+            before = up.children()
+            if name == "redis":
+                pid = int((tmp_path / "redis" / "redis.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                wait_for(
+                    lambda pid=pid: (tmp_path / "redis" / "redis.pid").read_text().strip() != str(pid),
+                    30,
+                    "a new embedded Redis",
+                )
+                continue
+            os.killpg(before[name]["pid"], signal.SIGKILL)
+            wait_for(
+                lambda name=name, old=before[name]["pid"]: (
+                    (now := up.children()[name])["running"] and now["pid"] != old and now["restarts"] >= 1
+                ),
+                60,
+                f"{name} restarted",
+            )
+            time.sleep(1)  # leads keep flowing between the kills
+        assert up.proc.poll() is None  # up itself kept running
+        try:
+            wait_for(lambda: set(_states(up, "turn-")) <= {"accepted", "enriched"}, 240, "every lead sent")
+        except AssertionError:
+            queues = up.manage(
+                "import django_rq; from rq.registry import StartedJobRegistry, ScheduledJobRegistry; "
+                "print({q: (django_rq.get_queue(q).count, len(StartedJobRegistry(q, connection="
+                "django_rq.get_connection(q))), len(ScheduledJobRegistry(q, connection="
+                "django_rq.get_connection(q)))) for q in ('submit', 'maintenance', 'default')}); "
+                "from clayops.models import Lead; "
+                "print(list(Lead.objects.filter(fingerprint__startswith='turn-', state='queued')"
+                ".values_list('state_changed_at', 'defer_reason', 'claim_token')[:3]))"
+            )
+            raise AssertionError(
+                f"leads not sent: {Counter(_states(up, 'turn-'))}; queues {queues}; "
+                f"output {''.join(up.rest)[-4000:]}"
+            ) from None
+        assert _accepted_twice(up, "turn-") == 0
+
+        # A lead sent now goes through the restarted simulator and is called back.
+        up.manage(
+            "from clayops.models import Lead, Webhook; from clayops.enqueue import enqueue_leads; "
+            "hook = Webhook.objects.get(name='simulator'); "
+            "lead = Lead.objects.create(row={'email': 'late@late.com'}, fingerprint='late-1', "
+            "email='late@late.com', domain='late.com', state='queued', webhook=hook); "
+            "enqueue_leads([lead.pk])"
+        )
+        wait_for(lambda: _states(up, "late-") == ["enriched"], 90, "the late lead enriched")
+    finally:
+        rest = up.stop()
+    assert "restarting" in "".join(up.output) + rest
+    wait_for(lambda: not alive_in(sessions | sessions_of(up.proc.pid)), 10, "every process gone")
 
 
 def test_it_restarts_any_child_that_dies_and_sending_resumes(tmp_path):

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .. import breaker, budget, ratelimit
-from ..enqueue import enqueue_leads
+from ..enqueue import alert_check, enqueue_leads
 from ..models import AuditEntry, CircuitBreaker, Lead, Webhook
 from .outcomes import Group
 from .routing import Chunk, Send, plan_chunks, trim
@@ -166,6 +166,7 @@ def mark_full_if_at_cap(webhook: Webhook) -> bool:
             target=f"webhook:{webhook.pk} {webhook}",
             detail={"row_cap": webhook.row_cap},
         )
+        alert_check("rows")
         return True
     return False
 

@@ -180,6 +180,9 @@ class Settings:
     # Workspace (shared by every table).
     rate_limit: float = 0  # records/s of the token bucket; 0 = unlimited
     burst: int = 20
+    # A fixed one-second window: at most this many rows per wall-clock second (0 = off). Clay has not
+    # said whether its limit is a token bucket or a fixed window; with both set, both must hold.
+    window_limit: int = 0
     credit_pool: float | None = None  # credits left in the workspace; None = unlimited; 402 when short
     # Faults.
     latency_ms: float = 0
@@ -227,7 +230,7 @@ def _mode(name: str, value: Any, extra: tuple[str, ...]) -> str:
 def _coerce(name: str, value: Any) -> Any:
     if name in RATE_FIELDS or name in ("callback_fail_rate", "duplicate_callback_rate"):
         return _number(name, value, high=1)
-    if name in ("row_cap", "payload_limit", "burst", "fail_next"):
+    if name in ("row_cap", "payload_limit", "burst", "fail_next", "window_limit"):
         return _number(name, value, integer=True)
     if name in ("max_batch", "retry_after"):
         return _number(name, value, low=1, integer=True)
@@ -492,6 +495,7 @@ class ClaySimulator:
         self.recent_rows: deque[tuple[str, dict]] = deque(maxlen=RECENT_ROWS)
         self._tokens = float(self._settings.burst)
         self._bucket_at = time.monotonic()
+        self._window_second, self._window_rows = 0, 0
         self._pool_left = self._settings.credit_pool
         self._script_started = time.monotonic()
         self._generation = 0
@@ -637,6 +641,7 @@ class ClaySimulator:
             self.counters = Counters()
             self.recent_rows.clear()
             self._tokens, self._bucket_at = float(self._settings.burst), time.monotonic()
+            self._window_second, self._window_rows = 0, 0
             self._pool_left = self._settings.credit_pool
             self._generation += 1
             self._callbacks.clear()
@@ -915,6 +920,13 @@ class ClaySimulator:
                 wait = max(1, math.ceil((n - self._tokens) / s.rate_limit))
                 c.rate_limited += 1
                 return 429, _error("rate limit exceeded", retry_after=wait), (("Retry-After", str(wait)),)
+        if s.window_limit > 0:
+            second = int(time.time())
+            if second != self._window_second:
+                self._window_second, self._window_rows = second, 0
+            if self._window_rows + n > s.window_limit:
+                c.rate_limited += 1
+                return 429, _error("rate limit exceeded (window)", retry_after=1), (("Retry-After", "1"),)
         failed = [bool(s.callback_fail_rate) and self._rng.random() < s.callback_fail_rate for _ in rows]
         credits = [
             0.0 if bad else self._row_credits(table, row, s) for row, bad in zip(rows, failed, strict=True)
@@ -925,6 +937,8 @@ class ClaySimulator:
             return 402, _error("workspace is out of credits", credits_left=_plain(self._pool_left)), ()
         if s.rate_limit > 0:
             self._tokens -= n
+        if s.window_limit > 0:
+            self._window_rows += n
         if self._pool_left is not None:
             self._pool_left -= needed
         self._accept_locked(table_id, table, rows, credits, failed, uncertain)

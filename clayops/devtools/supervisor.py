@@ -42,6 +42,7 @@ class Child:
     failures_in_a_row: int = 0
     restart_at: float | None = None
     last_exit: int | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # this child's own, on every (re)start
 
     @property
     def pid(self) -> int | None:
@@ -61,15 +62,16 @@ class Supervisor:
     publish: Callable[[dict], None] | None = None
     _published: tuple[float, str] = (0.0, "")
 
-    def add(self, name: str, argv: list[str]) -> Child:
-        child = Child(name, argv)
+    def add(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> Child:
+        child = Child(name, argv, extra_env=dict(env or {}))
         self.children.append(child)
         self._start(child)
         self._write_status()
         return child
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+        env = {**self.env, **child.extra_env} if child.extra_env else self.env
+        child.proc = subprocess.Popen(child.argv, env=env, start_new_session=True)
         child.started_at = time.monotonic()
         child.restart_at = None
 

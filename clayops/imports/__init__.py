@@ -1,7 +1,8 @@
 """CSV lead imports: `create_import` stores an upload and enqueues the job, `run_import` is the job body.
 
 Modules: `normalize` (emails, domains, fingerprints, column names), `reader` (bytes to numbered
-lines to CSV records), `upload` (accepting a file), `run` (the job: claim, rows, batches, leads).
+lines to CSV records), `upload` (accepting a file), `run` (the job: claim, rows, batches, leads),
+`manage` (operators' cancel and group DLQ retry / discard) and `report` (reads for the report page).
 
 The file is streamed: it is read in chunks, split into physical lines as bytes, each line decoded on
 its own (so one bad line is one bad row, not a failed import) and fed to `csv.reader`, which joins
@@ -50,7 +51,9 @@ Duplicates
     whether the lead now holding its fingerprint is this import's lead from this very line (valid)
     or another (duplicate: an earlier line of this file, or an older lead). Rows repeated inside one
     batch are caught by the batch's dict first. The same query makes a re-run count exactly as the
-    first run did.
+    first run did. Each duplicate row is recorded (ImportDuplicate: line, normalised email and
+    domain, and the lead that holds the fingerprint, from whichever import), in the batch's
+    transaction, at most MAX_STORED_DUPLICATES per import (all are counted).
 Broken quoting
     A quoted field that is never closed swallows the following lines until the end of the file or
     until it passes csv's field size limit (set to CLAYOPS_MAX_PAYLOAD_BYTES while an import runs).
@@ -72,6 +75,12 @@ Claims and re-runs
     start; leads already created are recognised by fingerprint and line, not created twice, and
     those still `queued` are enqueued again (the submission job skips leads already taken).
     `requeue_stale_imports` (for the maintenance tick) enqueues the job again for such imports.
+    A re-claim also deletes the duplicate rows recorded, which the new run records again.
+Cancel
+    An operator may cancel a pending or running import (`manage.cancel_import`): a conditional UPDATE
+    to `cancelled`, which the job's fence at the start of its next batch fails, so it stops there and
+    rolls that batch back. The import's leads not yet taken by Clay nor held by a job are discarded;
+    the rule is in `manage`'s docstring.
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ from __future__ import annotations
 from .normalize import COLUMN_ALIASES, NOT_COMPANY_DOMAINS, lead_fingerprint, normalize_domain, split_email
 from .run import (
     BATCH_ROWS,
+    MAX_STORED_DUPLICATES,
     MAX_STORED_ERRORS,
     RAW_MAX_CHARS,
     STALE_SECONDS,
@@ -90,6 +100,7 @@ from .upload import ImportRefused, create_import, default_webhook
 __all__ = [
     "BATCH_ROWS",
     "COLUMN_ALIASES",
+    "MAX_STORED_DUPLICATES",
     "MAX_STORED_ERRORS",
     "NOT_COMPANY_DOMAINS",
     "RAW_MAX_CHARS",

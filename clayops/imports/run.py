@@ -18,8 +18,8 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..enqueue import enqueue_import, enqueue_leads, import_job_id
-from ..models import ImportRowError, Lead, LeadImport
+from ..enqueue import alert_check, enqueue_import, enqueue_leads, import_job_id
+from ..models import ImportDuplicate, ImportRowError, Lead, LeadImport
 from .normalize import (
     ALIAS_TO_FIELD,
     COLUMN_ALIASES,
@@ -39,6 +39,9 @@ log = logging.getLogger("clayops.imports")
 # Rows per transaction; after each the counts move and the new leads are enqueued.
 BATCH_ROWS = 1000
 MAX_STORED_ERRORS = 10_000
+# Duplicate rows recorded per import (ImportDuplicate, with the lead each one duplicates); all are
+# counted in duplicate_rows.
+MAX_STORED_DUPLICATES = 100_000
 RAW_MAX_CHARS = 500
 # Bytes kept free under the payload limit for the keys clayops adds when sending (clayops_lead_id).
 PAYLOAD_HEADROOM = 256
@@ -47,7 +50,9 @@ STALE_SECONDS = 300
 
 
 class _ClaimLost(Exception):
-    """Another worker re-claimed this import (our heartbeat was thought stale): stop quietly."""
+    """The fence failed: another worker re-claimed this import (our heartbeat was thought stale) or an
+    operator cancelled it (clayops.imports.manage.cancel_import). Stop quietly; the batch in hand is
+    rolled back."""
 
 
 def requeue_stale_imports() -> int:
@@ -112,6 +117,7 @@ def _claim(import_id: int):
         )
         if claimed:
             ImportRowError.objects.filter(lead_import_id=import_id).delete()
+            ImportDuplicate.objects.filter(lead_import_id=import_id).delete()
     if claimed:
         log.warning("import %s: re-claimed from a worker that stopped sending heartbeats", import_id)
         return now
@@ -132,7 +138,11 @@ def run_import(import_id: int) -> LeadImport | None:
     try:
         run.run()
     except _ClaimLost:
-        log.warning("import %s: another worker re-claimed it; this run stops", import_id)
+        state = LeadImport.objects.filter(pk=import_id).values_list("state", flat=True).first()
+        if state == LeadImport.State.CANCELLED:
+            log.info("import %s: cancelled by an operator; this run stops", import_id)
+        else:
+            log.warning("import %s: another worker re-claimed it; this run stops", import_id)
     except Exception as exc:
         run.fail(f"Import stopped by an unexpected error: {type(exc).__name__}: {exc}")
         raise
@@ -151,7 +161,11 @@ class _ImportRun:
         self.total = self.valid = self.invalid = self.duplicate = 0
         self.formula = 0  # rows with a formula-like cell (flagged in the summary)
         self.stored_errors = 0
+        self.stored_duplicates = 0
         self.batch: dict[str, dict[str, Any]] = {}  # fingerprint → the new lead's varying fields
+        # Rows of this batch repeating a fingerprint seen earlier in the same batch:
+        # (line, fingerprint, email, domain); their original is resolved when the batch is written.
+        self.batch_repeats: list[tuple[int, str, str, str]] = []
         self.writer = _LeadWriter(lead_import_id=imp.pk, webhook_id=imp.webhook_id)
         self.errors: list[ImportRowError] = []
         self.unflushed = 0
@@ -314,6 +328,7 @@ class _ImportRun:
         )
         if fingerprint in self.batch:
             self.duplicate += 1
+            self.batch_repeats.append((lines[0][0], fingerprint, email, domain))
             return
         self.batch[fingerprint] = {
             "line": lines[0][0],
@@ -357,7 +372,10 @@ class _ImportRun:
         now = timezone.now()
         new_ids: list[tuple[int, int]] = []  # (line, lead id)
         ours = 0
+        duplicates: list[ImportDuplicate] = []
         with transaction.atomic():
+            # The check between batches: a cancelled (or re-claimed) import fails this conditional
+            # UPDATE, and the batch in hand is rolled back with the exception.
             if not self._fence(heartbeat_at=now):
                 raise _ClaimLost
             if self.batch:
@@ -369,7 +387,9 @@ class _ImportRun:
                     .order_by()
                     .values_list("pk", "fingerprint", "lead_import_id", "line", "state")
                 )
+                holder_of: dict[str, int] = {}
                 for pk, fingerprint, import_id, line, state in holders:
+                    holder_of[fingerprint] = pk
                     if (
                         import_id == self.imp.pk
                         and line is not None
@@ -378,6 +398,14 @@ class _ImportRun:
                         ours += 1
                         if state == Lead.State.QUEUED:
                             new_ids.append((line, pk))
+                    else:  # the row's fingerprint was taken already: an older lead or an earlier line
+                        new = self.batch[fingerprint]
+                        self._duplicate(duplicates, new["line"], new["email"], new["domain"], pk)
+                for line, fingerprint, email, domain in self.batch_repeats:
+                    self._duplicate(duplicates, line, email, domain, holder_of.get(fingerprint))
+                duplicates.sort(key=lambda dup: dup.line)
+                if duplicates:
+                    ImportDuplicate.objects.bulk_create(duplicates)
             if self.errors:
                 ImportRowError.objects.bulk_create(self.errors)
             LeadImport.objects.filter(pk=self.imp.pk).update(
@@ -387,11 +415,25 @@ class _ImportRun:
         self.duplicate += len(self.batch) - ours
         self.token = now
         self.batch = {}
+        self.batch_repeats = []
         self.errors = []
         self.unflushed = 0
         if new_ids:
             # After the commit above; inside an outer transaction django-rq defers it to that commit.
             enqueue_leads(pk for _, pk in sorted(new_ids))  # in file order
+
+    def _duplicate(
+        self, into: list[ImportDuplicate], line: int, email: str, domain: str, original_id: int | None
+    ) -> None:
+        """Record one duplicate row with the lead it duplicates (past MAX_STORED_DUPLICATES: only counted)."""
+        if self.stored_duplicates >= MAX_STORED_DUPLICATES:
+            return
+        self.stored_duplicates += 1
+        into.append(
+            ImportDuplicate(
+                lead_import_id=self.imp.pk, line=line, email=email, domain=domain, original_id=original_id
+            )
+        )
 
     def _fence(self, **values: Any) -> bool:
         running = LeadImport.State.RUNNING
@@ -413,6 +455,8 @@ class _ImportRun:
         if not self._fence(state=state, error=error, finished_at=now, heartbeat_at=now, **self._counts()):
             raise _ClaimLost
         self.token = now
+        if state == LeadImport.State.FAILED:
+            alert_check("imports")
 
     def fail(self, error: str) -> None:
         """Record an unexpected failure, if this run still holds the import (best effort).
@@ -421,6 +465,7 @@ class _ImportRun:
         """
         try:
             self._fence(state=LeadImport.State.FAILED, error=error[:2000], finished_at=timezone.now())
+            alert_check("imports")
         except Exception:
             log.exception("import %s: could not record the failure", self.imp.pk)
 

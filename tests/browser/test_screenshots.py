@@ -327,6 +327,14 @@ def test_it_screenshots_the_main_pages(page, login_as, operator, out_dir):
     expect(page.get_by_role("heading", name="Attempts")).to_be_visible()
     page.screenshot(path=str(out_dir / "lead-detail.png"))
 
+    page.goto("/timeline/")
+    expect(page.locator(".uplot canvas").first).to_be_visible()
+    page.screenshot(path=str(out_dir / "timeline.png"), full_page=True)
+
+    page.goto("/connect/")
+    expect(page.get_by_role("heading", name="Connect Clay")).to_be_visible()
+    page.screenshot(path=str(out_dir / "connect.png"), full_page=True)
+
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto("/")
     expect(page.locator(".webhook").first).to_be_visible()

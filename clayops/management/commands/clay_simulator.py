@@ -9,6 +9,7 @@ default table's callback through `POST /_sim/tables/t_default`. See clayops/simu
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -83,6 +84,15 @@ class Command(BaseCommand):
             sim.start()
         except OSError as exc:
             raise CommandError(f"cannot listen on {host} port {opts['port']}: {exc}") from None
+        callback = os.environ.get("CLAYOPS_SIM_CALLBACK_URL")
+        if callback:  # `up` passes its table's callback here, so a restarted simulator keeps it
+            header = os.environ.get("CLAYOPS_SIM_CALLBACK_HEADER", "")
+            secret = os.environ.get("CLAYOPS_SIM_CALLBACK_SECRET", "")
+            sim.configure_table(
+                os.environ.get("CLAYOPS_SIM_TABLE", "t_default"),
+                callback_url=callback,
+                callback_headers={header: secret} if header else {},
+            )
 
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -169,16 +169,18 @@ class Command(BaseCommand):
     def _start_simulator(self, supervisor: Supervisor, manage: str, opts, env: dict[str, str]) -> None:
         """Start the Clay simulator, wire it up as the default webhook and tell it where to call back."""
         sim_url = f"http://127.0.0.1:{opts['sim_port']}"
-        argv = [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])]
-        supervisor.add("simulator", [sys.executable, *argv])
-        self._wait_http(f"{sim_url}/_sim/health", "Clay simulator")
         webhook = provisioning.ensure_simulator_webhook(sim_url)
-        callback = env["CLAYOPS_PUBLIC_URL"] + webhook.callback_path
-        httpx.post(
-            f"{sim_url}/_sim/tables/{provisioning.SIMULATOR_TABLE}",
-            json={"callback_url": callback, "callback_headers": {CALLBACK_HEADER: webhook.callback_secret}},
-            timeout=5,
-        ).raise_for_status()
+        # The callback is given in the simulator's environment, not posted to it once: a simulator
+        # the supervisor restarts configures its table again and keeps calling back.
+        own = {
+            "CLAYOPS_SIM_TABLE": provisioning.SIMULATOR_TABLE,
+            "CLAYOPS_SIM_CALLBACK_URL": env["CLAYOPS_PUBLIC_URL"] + webhook.callback_path,
+            "CLAYOPS_SIM_CALLBACK_HEADER": CALLBACK_HEADER,
+            "CLAYOPS_SIM_CALLBACK_SECRET": webhook.callback_secret,
+        }
+        argv = [manage, "clay_simulator", "--host", "127.0.0.1", "--port", str(opts["sim_port"])]
+        supervisor.add("simulator", [sys.executable, *argv], env=own)
+        self._wait_http(f"{sim_url}/_sim/health", "Clay simulator")
 
     def _banner(self, opts, login: str) -> None:
         bar = "=" * 64
