@@ -97,6 +97,16 @@ def _hold(usage: CreditUsage, budget: CreditBudget, total: Decimal) -> bool:
     )
 
 
+def record_saved(budget: CreditBudget, amount: Decimal, *, now: datetime | None = None) -> None:
+    """Count credits today's budget did not spend: leads served from a fresh cache entry instead of a
+    send (cache-aware sending). A counter only: the limit, the reservations and `spent` are untouched."""
+    amount = _credits(amount)
+    if amount <= 0:
+        return
+    usage = usage_for(budget, now=now or timezone.now())
+    CreditUsage.objects.filter(pk=usage.pk).update(saved=F("saved") + amount)
+
+
 def reserve(
     *,
     budget: CreditBudget,

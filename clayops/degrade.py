@@ -49,6 +49,8 @@ def best_answer(lead: Lead, *, now=None) -> tuple[dict, EnrichmentCache | None]:
     ({"source": "clay"|"cache"|"fallback", "data": {...}, "at": ...}, the cache row used, if any)."""
     now = now or timezone.now()
     if lead.enriched is not None:
+        if isinstance(lead.served, dict) and lead.served.get("instead_of_send"):
+            return {key: lead.served[key] for key in ("source", "data", "at") if key in lead.served}, None
         at = lead.enriched_at.isoformat() if lead.enriched_at else None
         return {"source": "clay", "data": lead.enriched, "at": at}, None
     cached = None

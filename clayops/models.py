@@ -108,6 +108,10 @@ class CreditUsage(models.Model):
     day = models.DateField()
     reserved = credits_field()
     spent = credits_field()
+    saved = credits_field(
+        help_text="Credits not spent: leads served from a fresh cache entry instead of a send "
+        "(webhooks with reuse_cached)."
+    )
     alerted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -208,6 +212,13 @@ class Webhook(models.Model):
     )
     rows_sent = models.PositiveIntegerField(default=0)
     is_active = models.BooleanField(default=True)
+    reuse_cached = models.BooleanField(
+        default=False,
+        help_text="Cache-aware sending: a lead whose domain has a fresh enrichment in the cache (filled "
+        "by Clay's callbacks for other leads of the same company) is enriched from it instead of being "
+        "sent, spending no credits. For company-level enrichment tables; leave off when each row's "
+        "enrichment is about the person.",
+    )
     is_full = models.BooleanField(default=False, help_text="Row cap reached: leads go to the next webhook.")
     priority = models.PositiveSmallIntegerField(
         default=100, help_text="Lower is tried first when failing over."

@@ -182,6 +182,7 @@ class BudgetGauge:
     spent: Decimal
     reserved: Decimal
     remaining: Decimal
+    saved: Decimal  # not spent: leads served from the cache instead of a send (cache-aware sending)
     spent_percent: float
     reserved_percent: float
     alert_percent: int
@@ -245,6 +246,7 @@ def budget_gauge(*, budget: CreditBudget, now: datetime | None = None) -> Budget
         spent=spent,
         reserved=reserved,
         remaining=remaining,
+        saved=usage.saved,
         spent_percent=min(100.0, pct(spent)),
         reserved_percent=max(0.0, min(100.0 - min(100.0, pct(spent)), pct(reserved))),
         alert_percent=budget.alert_percent,

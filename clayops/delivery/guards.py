@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from .. import breaker, budget, ratelimit
 from ..enqueue import alert_check, enqueue_leads
-from ..models import AuditEntry, CircuitBreaker, Lead, Webhook
+from ..models import AuditEntry, CircuitBreaker, EnrichmentCache, Lead, Webhook
 from .outcomes import Group
 from .routing import Chunk, Send, plan_chunks, trim
 from .sender import Sender
@@ -49,6 +50,9 @@ def deliver_group(chunks: list[Chunk]) -> dict[str, int]:
         return {}
     counts: dict[str, int] = {}
     group = Group(webhook, token, {})
+    chunks = _serve_cached(group, chunks, counts, now=now)
+    if not chunks:
+        return counts
     sends = _admit(group, chunks, counts, now=now)
     sends = _fund(group, sends, counts, now=now)
     sends = _take_row_cap(group, sends, counts, now=now)
@@ -82,6 +86,50 @@ def _claim(
     )
     chunks = [Chunk(webhook, [pk for pk in c.lead_ids if pk in rows]) for c in chunks]
     return rows, [c for c in chunks if c.lead_ids]
+
+
+def _serve_cached(group: Group, chunks: list[Chunk], counts: dict[str, int], *, now: datetime) -> list[Chunk]:
+    """Step 2b, cache-aware sending (Webhook.reuse_cached): a claimed lead whose domain has a fresh
+    enrichment in the cache is enriched from it instead of being sent. No request, no credits held
+    or spent (they are counted as saved today), no row of the webhook's cap. The lead records that
+    its data came from the cache (`served`, source "cache", instead_of_send)."""
+    webhook = group.webhook
+    if not webhook.reuse_cached:
+        return chunks
+    ids = [pk for chunk in chunks for pk in chunk.lead_ids]
+    domains = dict(Lead.objects.filter(pk__in=ids).exclude(domain="").values_list("pk", "domain"))
+    fresh = {
+        entry.domain: entry
+        for entry in EnrichmentCache.objects.filter(domain__in=set(domains.values()), expires_at__gt=now)
+    }
+    by_domain: dict[str, list[int]] = {}
+    for pk, domain in domains.items():
+        if domain in fresh:
+            by_domain.setdefault(domain, []).append(pk)
+    if not by_domain:
+        return chunks
+    served: set[int] = set()
+    with transaction.atomic():
+        for domain, pks in by_domain.items():
+            entry = fresh[domain]
+            answer = {
+                "source": "cache",
+                "data": entry.data,
+                "at": entry.fetched_at.isoformat(),
+                "instead_of_send": True,
+            }
+            changed = set_claimed(
+                pks, group.token, state=S.ENRICHED, enriched=entry.data, enriched_at=now, served=answer
+            )
+            if changed:
+                # The claim token stays on the lead: it tells ours from one the reaper took back.
+                mine = Lead.objects.filter(pk__in=pks, state=S.ENRICHED, claim_token=group.token)
+                served |= set(mine.values_list("pk", flat=True))
+                EnrichmentCache.objects.filter(pk=entry.pk).update(hits=F("hits") + changed)
+        budget.record_saved(webhook.workspace.budget, webhook.credits_per_row * len(served), now=now)
+    _add(counts, {"served_from_cache": len(served)})
+    left = [Chunk(webhook, [pk for pk in chunk.lead_ids if pk not in served]) for chunk in chunks]
+    return [chunk for chunk in left if chunk.lead_ids]
 
 
 def _admit(group: Group, chunks: list[Chunk], counts: dict[str, int], *, now: datetime) -> list[Send]:
