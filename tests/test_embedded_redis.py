@@ -55,6 +55,7 @@ def test_it_starts_and_stops_a_private_server(tmp_path):
 
 
 @pytest.mark.slow  # `manage.py up`: web server, workers, simulator and valkey processes
+@pytest.mark.own_database  # its own SQLite in tmp_path
 def test_it_brings_up_the_app_without_redis_url_and_stops_it_on_ctrl_c(tmp_path):
     """`manage.py up` without REDIS_URL: a private server starts, the app uses it, Ctrl-C ends all."""
     port = _free_port()

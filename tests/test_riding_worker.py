@@ -20,7 +20,7 @@ from rq.job import Job
 from clayops.devtools.embedded_redis import EmbeddedRedis
 from tests.conftest import child_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_database]  # the jobs touch no database
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 OUTAGE_S = 12  # longer than redis-py's default retries (3, backing off 1, 2, 4 s)

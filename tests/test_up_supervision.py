@@ -20,7 +20,7 @@ from django.conf import settings
 
 from tests.test_embedded_redis import _free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_database]  # each `up` has its own SQLite
 
 ROOT = Path(settings.BASE_DIR)
 
