@@ -21,7 +21,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .enqueue import enqueue_leads
-from .models import AuditEntry, DeadLetter, Lead, Webhook
+from .models import AuditEntry, CreditBudget, DeadLetter, EnrichmentCache, Lead, Webhook
 
 D = DeadLetter.State
 OPEN_STATES = (D.PENDING, D.EXHAUSTED)  # entries an operator can still retry or discard
@@ -176,17 +176,62 @@ def _filtered(*, webhook_id: int | None = None, error_class: str | None = None, 
     return qs
 
 
-def drain_preview(*, webhook_id: int | None = None, error_class: str | None = None) -> dict:
-    """What a drain would do: how many entries, what they cost at the webhooks' estimates, how long."""
+def drain_preview(
+    *, webhook_id: int | None = None, error_class: str | None = None, now: datetime | None = None
+) -> dict:
+    """The forecast before a drain: how many entries; how many a fresh cache entry will serve without
+    spending credits (webhooks with reuse_cached); the credits the rest need against what each budget
+    has left today; how many fit today and how many would be parked (deferred) until the budget's
+    reset, and when that is; how long at the drain rate. Reads only."""
+    now = now or timezone.now()
     qs = _filtered(webhook_id=webhook_id, error_class=error_class)
     count = qs.count()
+    cached = qs.filter(
+        webhook__reuse_cached=True,
+        lead__domain__in=EnrichmentCache.objects.filter(expires_at__gt=now).values("domain"),
+    )
+    from_cache = cached.count()
+    paid = qs.exclude(pk__in=cached.values("pk"))
     credits = Decimal("0")
-    for per_row, n in _per_webhook_counts(qs):
-        credits += per_row * n
+    budgets = []
+    default = Webhook._meta.get_field("credits_per_row").default
+    per_budget: dict[int | None, list] = {}
+    for row in paid.values("webhook__workspace__budget", "webhook__credits_per_row").annotate(n=Count("id")):
+        per_row = row["webhook__credits_per_row"] or default
+        entry = per_budget.setdefault(row["webhook__workspace__budget"], [Decimal("0"), 0, per_row])
+        entry[0] += per_row * row["n"]
+        entry[1] += row["n"]
+        entry[2] = max(entry[2], per_row)
+        credits += per_row * row["n"]
+    fits_today = 0
+    for budget in CreditBudget.objects.filter(pk__in=[pk for pk in per_budget if pk is not None]):
+        needed, n, per_row = per_budget[budget.pk]
+        left = budget.remaining(now)
+        fits = n if needed <= left else int(left // per_row) if per_row > 0 else n
+        fits_today += fits
+        local = now.astimezone(budget.tz())
+        budgets.append(
+            {
+                "name": budget.name,
+                "needed": needed,
+                "remaining": left,
+                "fits": fits,
+                "parked": n - fits,
+                "resets_at": datetime.combine(
+                    local.date() + timedelta(days=1), datetime.min.time(), tzinfo=budget.tz()
+                ),
+                "timezone": budget.timezone,
+            }
+        )
+    fits_today += per_budget.get(None, [0, 0])[1]  # no webhook: routed at send time, not counted here
     rate = drain_rate()
     return {
         "count": count,
+        "from_cache": from_cache,
         "credits": credits,
+        "budgets": budgets,
+        "within_budget": from_cache + fits_today,
+        "parked": count - from_cache - fits_today,
         "rate": rate,
         "eta_seconds": int(count / rate) if rate else None,
     }
@@ -199,15 +244,24 @@ def _per_webhook_counts(qs):
 
 
 def drain(
-    *, by=None, webhook_id: int | None = None, error_class: str | None = None, rate: float | None = None
+    *,
+    by=None,
+    webhook_id: int | None = None,
+    error_class: str | None = None,
+    rate: float | None = None,
+    limit: int | None = None,
 ) -> int:
-    """Resubmit every pending entry (matching the filters) at a bounded rate.
+    """Resubmit every pending entry (matching the filters) at a bounded rate; with `limit`, only the
+    oldest `limit` of them (the forecast's "within today's budget").
 
     Marks them due now with one more retry allowed; the maintenance tick resubmits at most
     drain_rate() per second of them, and each resubmission passes budget and breaker.
     """
     now = timezone.now()
     qs = _filtered(webhook_id=webhook_id, error_class=error_class)
+    if limit is not None:
+        oldest = list(qs.order_by("created_at", "pk").values_list("pk", flat=True)[: max(0, limit)])
+        qs = DeadLetter.objects.filter(pk__in=oldest, state=D.PENDING)
     # One statement: due now, with at least one more retry allowed than already used.
     count = qs.update(
         next_retry_at=now, max_retries=Greatest(F("max_retries"), F("retry_count") + 1), updated_at=now
@@ -218,7 +272,11 @@ def drain(
         action="dlq_drain",
         target=f"webhook:{webhook_id}" if webhook_id else "all",
         count=count,
-        detail={"error_class": error_class or "", "rate_per_second": rate or drain_rate()},
+        detail={
+            "error_class": error_class or "",
+            "rate_per_second": rate or drain_rate(),
+            **({"limit": limit} if limit is not None else {}),
+        },
     )
     retry_due(now=now)
     return count

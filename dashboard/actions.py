@@ -126,7 +126,10 @@ def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
 def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
     webhook_id = parse_id(request.POST.get("webhook", ""))
     error_class = request.POST.get("error_class", "").replace("\x00", "") or None
-    n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class)
+    limit = None
+    if request.POST.get("scope") == "budget":  # the forecast's "within today's budget"
+        limit = dlq.drain_preview(webhook_id=webhook_id, error_class=error_class)["within_budget"]
+    n = dlq.drain(by=request.user, webhook_id=webhook_id, error_class=error_class, limit=limit)
     message = f"Draining {n} entr{'y' if n == 1 else 'ies'} at the drain rate, through budget and breaker."
     return _dlq_done(request, message, "dlq-changed", n)
 

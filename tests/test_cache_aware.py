@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from clayops import budget, degrade, delivery
-from clayops.models import CreditReservation, EnrichmentCache, Lead, Webhook
+from clayops.models import AuditEntry, CreditReservation, EnrichmentCache, Lead, Webhook
 from tests.factories import make_lead
 
 S = Lead.State
@@ -105,3 +105,40 @@ def test_the_overview_and_the_lead_page_show_it(webhook, viewer):
     assert 'data-testid="credits-saved"' in overview and "Saved" in overview
     page = client.get(f"/leads/{lead.pk}/").content.decode()
     assert "from the cache" in page and "no credits spent" in page
+
+
+def test_the_drain_forecast_counts_cache_hits_credits_against_today_and_what_is_parked(webhook, operator):
+    """Before a drain: 4 dead leads, one served from the cache for free; the other 3 need 18 credits
+    with 12 left today, so 2 fit and 1 would be parked until the reset. "Within today's budget"
+    drains the 3 that fit (cache hit included), "all" drains the 4."""
+    from clayops import dlq
+    from clayops.models import CreditBudget
+    from tests.factories import make_dead_letter
+
+    reuse(webhook)
+    cache("acme.com")
+    entries = [make_dead_letter(i, webhook=webhook) for i in range(4)]
+    Lead.objects.filter(pk=entries[0].lead_id).update(domain="acme.com")
+    CreditBudget.objects.filter(pk=webhook.workspace.budget_id).update(daily_limit=Decimal("12"))
+
+    preview = dlq.drain_preview()
+    assert (preview["count"], preview["from_cache"], preview["credits"]) == (4, 1, Decimal("18"))
+    (only,) = preview["budgets"]
+    assert (only["needed"], only["remaining"], only["fits"], only["parked"]) == (
+        Decimal("18"),
+        Decimal("12"),
+        2,
+        1,
+    )
+    assert only["resets_at"].hour == 0 and (preview["within_budget"], preview["parked"]) == (3, 1)
+
+    client = Client()
+    client.force_login(operator)
+    page = client.get("/dlq/drain/preview").content.decode()
+    assert "served from a fresh cache entry" in page and "would be parked" in page
+    assert "within today&#x27;s budget" in page or "within today's budget" in page
+    client.post("/dlq/drain", {"scope": "budget"})
+    audit = AuditEntry.objects.get(action="dlq_drain")
+    assert audit.count == 3 and audit.detail["limit"] == 3  # the oldest 3, not the 4th
+    client.post("/dlq/drain", {"scope": "all"})
+    assert AuditEntry.objects.filter(action="dlq_drain").first().detail.get("limit") is None

@@ -152,7 +152,14 @@ def test_it_previews_a_drain_per_webhook_at_each_webhooks_estimate(db, settings)
     make_dead_letters(3, webhook=cheap)
     make_dead_letter(9, webhook=dear)
     make_dead_letter(10, webhook=None)  # its webhook was deleted: the default estimate (6)
-    assert dlq.drain_preview() == {"count": 5, "credits": Decimal("22"), "rate": 2.0, "eta_seconds": 2}
+    preview = dlq.drain_preview()
+    assert {k: preview[k] for k in ("count", "credits", "rate", "eta_seconds")} == {
+        "count": 5,
+        "credits": Decimal("22"),
+        "rate": 2.0,
+        "eta_seconds": 2,
+    }
+    assert (preview["from_cache"], preview["within_budget"], preview["parked"]) == (0, 5, 0)
     assert dlq.drain_preview(webhook_id=dear.pk)["count"] == 1
 
 
