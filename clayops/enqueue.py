@@ -22,15 +22,16 @@ log = logging.getLogger("clayops.enqueue")
 IMPORT_JOB_TIMEOUT = 6 * 3600
 
 
-def enqueue_leads(lead_ids: Iterable[int]) -> int:
-    """Enqueue submission jobs for these leads in batches of CLAYOPS_BATCH_SIZE (after commit).
+def enqueue_leads(lead_ids: Iterable[int], *, urgent: bool = False) -> int:
+    """Enqueue submission jobs for these leads in batches of CLAYOPS_BATCH_SIZE (after commit), on
+    the `urgent` queue (workers serve it before `submit`) for an urgent import's leads.
 
     Returns the number of jobs enqueued. Safe to call for leads already queued or sent: the job
     claims each lead with a conditional UPDATE and skips those not in the queued state.
     """
     ids = list(lead_ids)
     size = settings.CLAYOPS_BATCH_SIZE
-    queue = django_rq.get_queue("submit")
+    queue = django_rq.get_queue("urgent" if urgent else "submit")
     jobs = 0
     for start in range(0, len(ids), size):
         queue.enqueue("clayops.jobs.submit_leads", ids[start : start + size])

@@ -342,6 +342,11 @@ class LeadImport(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     webhook = models.ForeignKey(Webhook, null=True, blank=True, on_delete=models.SET_NULL)
+    urgent = models.BooleanField(
+        default=False,
+        help_text="Its leads go out before bulk ones: their jobs wait on the `urgent` queue, which workers "
+        "serve before `submit`.",
+    )
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     size_bytes = models.PositiveBigIntegerField(default=0)
     bytes_read = models.PositiveBigIntegerField(default=0)

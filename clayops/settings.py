@@ -183,6 +183,7 @@ REDIS_IS_EMBEDDED = not os.environ.get("REDIS_URL")
 RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "submit": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    "urgent": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},  # urgent imports' sends, before `submit`
     "maintenance": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300},
 }
 RQ = {"COMMIT_MODE": "on_db_commit"}

@@ -64,7 +64,11 @@ def import_upload(request: HtmxHttpRequest) -> HttpResponse:
         upload = form.cleaned_data["file"]
         try:
             imp = imports.create_import(
-                file=upload, filename=upload.name, by=request.user, webhook=form.cleaned_data.get("webhook")
+                file=upload,
+                filename=upload.name,
+                by=request.user,
+                webhook=form.cleaned_data.get("webhook"),
+                urgent=form.cleaned_data.get("urgent", False),
             )
         except ValidationError as exc:
             form.add_error("file", exc)

@@ -72,6 +72,11 @@ class UploadForm(forms.Form):
         queryset=Webhook.objects.filter(is_active=True).order_by("priority", "pk"),
         empty_label="First usable webhook (by priority)",
     )
+    urgent = forms.BooleanField(
+        label="Urgent: send before bulk imports",
+        required=False,
+        help_text="Its leads go out ahead of the leads of imports already waiting (same guards).",
+    )
 
 
 def clean_filters(form: forms.Form) -> dict:

@@ -211,7 +211,7 @@ def requeue_orphans(*, now: datetime, limit: int = 5000) -> int:
     # A job that was started but died (SIGKILL) stays in RQ's started registry for up to ~11 minutes,
     # so only waiting jobs are looked at; a lead a live job is about to claim may get a second job,
     # which finds it claimed and does nothing.
-    if django_rq.get_queue("submit").count:
+    if any(django_rq.get_queue(name).count for name in ("submit", "urgent")):
         return 0
     cutoff = now - timedelta(seconds=settings.CLAYOPS_ORPHAN_SECONDS)
     ids = list(

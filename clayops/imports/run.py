@@ -420,7 +420,7 @@ class _ImportRun:
         self.unflushed = 0
         if new_ids:
             # After the commit above; inside an outer transaction django-rq defers it to that commit.
-            enqueue_leads(pk for _, pk in sorted(new_ids))  # in file order
+            enqueue_leads((pk for _, pk in sorted(new_ids)), urgent=self.imp.urgent)  # in file order
 
     def _duplicate(
         self, into: list[ImportDuplicate], line: int, email: str, domain: str, original_id: int | None

@@ -37,7 +37,9 @@ def _human_bytes(n: int) -> str:
     return f"{size:,.1f}".removesuffix(".0") + f" {unit}"
 
 
-def create_import(*, file: Any, filename: str, by: Any = None, webhook: Webhook | None = None) -> LeadImport:
+def create_import(
+    *, file: Any, filename: str, by: Any = None, webhook: Webhook | None = None, urgent: bool = False
+) -> LeadImport:
     """Store an uploaded CSV in the database (clayops.blobstore: every node's worker can read it) and
     enqueue its import after commit.
 
@@ -72,6 +74,7 @@ def create_import(*, file: Any, filename: str, by: Any = None, webhook: Webhook 
         webhook=webhook if webhook is not None else default_webhook(),
         size_bytes=size,
         state=LeadImport.State.PENDING,
+        urgent=bool(urgent),
     )
     imp.file.save(name, upload, save=False)  # streamed to storage in chunks
     committed = False
@@ -82,7 +85,7 @@ def create_import(*, file: Any, filename: str, by: Any = None, webhook: Webhook 
                 user=by,
                 action="import_upload",
                 target=f"import:{imp.pk}",
-                detail={"filename": imp.filename, "size_bytes": imp.size_bytes},
+                detail={"filename": imp.filename, "size_bytes": imp.size_bytes, "urgent": imp.urgent},
             )
             transaction.on_commit(partial(_enqueue_after_commit, imp.pk))
         committed = True

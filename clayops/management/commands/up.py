@@ -62,7 +62,7 @@ class Command(BaseCommand):
                 self._start_simulator(supervisor, manage, opts, env)
             # maintenance first: RQ serves the first non-empty queue, and the reapers and drains must
             # not wait behind a backlog of send jobs.
-            queues = ["maintenance", "submit", "default"]
+            queues = ["maintenance", "urgent", "submit", "default"]
             for i in range(max(1, opts["workers"])):
                 argv = [manage, "rqworker", *queues, "--worker-class", "clayops.workers.RidingWorker"]
                 if i == 0:
