@@ -463,7 +463,8 @@ def run_pacing(args, bench, sim, *, hooks: int) -> tuple[str, bool]:
         f"duration_s={t1 - t0:.0f} rate={args.rate:g} burst={args.burst} accepted={stats['rows_accepted']} "
         f"sustained_per_s={a['steady_rate']:.2f} share={share:.3f} http_429={r429} "
         f"max_per_second={a['max_per_second']} seconds_over={a['seconds_over']} "
-        f"window_excess={a['worst_window_excess']:+.0f} target={'met' if met else 'missed'}"
+        f"window_excess={a['worst_window_excess']:+.0f} sliding_max={sliding} "
+        f"whole_run_share={strict_share:.3f} target={'met' if met else 'missed'}"
     )
     return summary, met
 
