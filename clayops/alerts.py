@@ -46,7 +46,7 @@ from django.db.models import F, Max, Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from . import destinations, health, liveness
+from . import destinations, enqueue, health, liveness
 from .alert_models import Alert, AlertChannel, AlertNotification, AlertSettings
 from .models import (
     AuditEntry,
@@ -253,6 +253,8 @@ def _reopen(rule: str, target: str, title: str, message: str, *, severity: str, 
                 title=title[:200],
                 message=message,
                 severity=severity,
+                # This occurrence's start: breaker_open_long counts from it, not from the first one.
+                opened_at=now,
                 last_notified_at=now,
                 reopened=F("reopened") + 1,
                 acknowledged_at=None,
@@ -445,13 +447,12 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
     for b in CreditBudget.objects.all():
         target = f"budget:{b.pk}"
         checked.add(target)
-        if b.daily_limit <= 0:
-            continue
         row = CreditUsage.objects.filter(budget=b, day=b.day_for(now)).aggregate(
             s=Sum("spent"), r=Sum("reserved")
         )
         used = (row["s"] or Decimal(0)) + (row["r"] or Decimal(0))
-        share = used * 100 / b.daily_limit
+        # A limit of 0 lets nothing through: every threshold is reached (not: no alert at all).
+        share = used * 100 / b.daily_limit if b.daily_limit > 0 else Decimal("Infinity")
         for p in thresholds:
             rule = f"budget_{p}"
             if share >= p:
@@ -460,7 +461,8 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
                         rule,
                         target,
                         f"Budget {b} at {p} % of today's limit",
-                        f"{b}: {used} of {b.daily_limit} credits reserved or spent today ({share:.0f} %).",
+                        f"{b}: {used} of {b.daily_limit} credits reserved or spent today "
+                        f"({f'{share:.0f} %' if share.is_finite() else 'a limit of 0'}).",
                         "critical" if p >= 100 else "warning",
                     )
                 )
@@ -469,6 +471,9 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
         runout = _runout(b, used, now=now)
         if runout is not None:
             found.append(runout)
+        elif used >= b.daily_limit:
+            # It did run out: not "resolved" (budget_100 says the rest); a new day resolves it.
+            hysteresis[("budget_runout", target)] = True
     return found, checked, hysteresis
 
 
@@ -585,8 +590,13 @@ def _liveness(now: datetime) -> tuple[list[Condition], set[str]]:
     conn = liveness.redis_connection()
     at = now.timestamp()
     found = []
+    # Resolved only by a tick or a worker, never by Redis forgetting its clocks (flushed, restarted
+    # empty, or the keys expired after a day without ticks): an open alert then holds.
+    still = set(
+        Alert.objects.filter(state=OPEN, rule__in=("no_tick", "no_worker")).values_list("rule", flat=True)
+    )
     without_tick = liveness.seconds_without_tick(conn, now=at)
-    if without_tick >= cfg.no_tick_minutes * 60:
+    if without_tick >= cfg.no_tick_minutes * 60 or ("no_tick" in still and liveness.last_tick(conn) is None):
         found.append(
             Condition(
                 "no_tick",
@@ -598,7 +608,9 @@ def _liveness(now: datetime) -> tuple[list[Condition], set[str]]:
             )
         )
     without_worker = liveness.seconds_without_worker(conn, now=at)
-    if without_worker >= cfg.no_worker_minutes * 60:
+    if without_worker >= cfg.no_worker_minutes * 60 or (
+        "no_worker" in still and not liveness.live_workers(conn)
+    ):
         found.append(
             Condition(
                 "no_worker",
@@ -663,6 +675,8 @@ def evaluate(*, now: datetime | None = None, only: tuple[str, ...] | list[str] |
     the number of alerts this call opened, reopened or resolved."""
     now = now or timezone.now()
     wanted = set(TICK_GROUPS if only is None else only) & set(GROUPS)
+    # A transition from now on must ask for an evaluation of its own: this one may look too early.
+    enqueue.alert_check_started(wanted)
     changed = 0
     for name, check in CHECKS.items():
         if name in wanted:

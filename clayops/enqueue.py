@@ -60,9 +60,9 @@ ALERT_CHECK_COALESCE_SECONDS = 2
 def alert_check(group: str) -> None:
     """Evaluate one group of alert rules (clayops.alerts.GROUPS) now, not at the next maintenance
     tick: called by the transition itself (a breaker moving, a pause, a webhook filling up, a failed
-    import, a refused reservation). After commit; transitions of one group within
-    ALERT_CHECK_COALESCE_SECONDS share one evaluation (it looks at the state then, so none is
-    missed: the tick evaluates everything anyway). Best effort."""
+    import, a refused reservation). After commit; transitions of one group while its evaluation
+    still waits in the queue (at most ALERT_CHECK_COALESCE_SECONDS) share it: it looks at the state
+    once it starts, so none is missed (alerts.evaluate clears the mark as it starts). Best effort."""
 
     def send() -> None:
         try:
@@ -75,6 +75,18 @@ def alert_check(group: str) -> None:
             log.warning("could not enqueue the %s alert check; the maintenance tick will do it", group)
 
     transaction.on_commit(send)
+
+
+def alert_check_started(groups: Iterable[str]) -> None:
+    """An evaluation of these groups starts: transitions after this point must enqueue their own
+    (sharing this one, they would wait for the next tick). Best effort."""
+    keys = [ALERT_CHECK_KEY.format(g) for g in groups]
+    if not keys:
+        return
+    try:
+        django_rq.get_connection("maintenance").delete(*keys)
+    except RedisError:
+        log.warning("could not clear the pending alert checks")
 
 
 def schedule_probe(webhook_id: int, *, delay_seconds: float) -> None:

@@ -71,8 +71,17 @@ class RidingWorker(SimpleWorker):
                     return None
 
     def _recover(self) -> None:
-        if not wait_for_redis(self.connection, f"Worker {self.name}", lambda: self._stop_requested):
-            raise StopRequested()
+        while True:
+            if not wait_for_redis(self.connection, f"Worker {self.name}", lambda: self._stop_requested):
+                raise StopRequested()
+            try:
+                self._register_again()
+            except REDIS_DOWN as exc:  # gone again before we were done: wait again, do not quit
+                log.warning("Worker %s: lost Redis again (%s)", self.name, exc)
+                continue
+            return
+
+    def _register_again(self) -> None:
         # A Redis restarted without its data has forgotten this worker: register it again so
         # `rq info`, /readyz and the dashboard see it.
         if not self.connection.exists(self.key):
@@ -98,6 +107,14 @@ class RidingWorker(SimpleWorker):
         if pipeline is not None:  # queued on a pipeline: no round trip here
             return super().heartbeat(timeout, pipeline)
         self._ride(lambda: super(RidingWorker, self).heartbeat(timeout), again=True)
+        # A Redis flushed (or its keys evicted) without dropping the connection forgot this worker
+        # too, and the heartbeat alone does not bring it back (no_worker, /readyz, `rq info`).
+        self._ride(self._registered, again=True)
+
+    def _registered(self) -> None:
+        if not self.connection.sismember(self.redis_workers_keys, self.key):
+            self.connection.delete(self.key)  # the heartbeat's partial hash: write it whole
+            self._register_again()
 
     def execute_job(self, job, queue) -> None:
         # Not run again: the job may have sent already. Its lead stays claimed in the database
@@ -172,9 +189,14 @@ class RidingCronScheduler(DjangoCronScheduler):
         try:
             alerts.evaluate_liveness()
         except Exception:  # the watch must never stop the scheduler
-            log.exception("CronScheduler %s: the liveness alert check failed", self.name)
+            if not self._stopping:
+                log.exception("CronScheduler %s: the liveness alert check failed", self.name)
         finally:
             close_old_connections()
+        if self._stopping:
+            # A stop signal arrived meanwhile: its StopRequested (an Exception) was caught above, or
+            # by a channel's send; the scheduler must still stop.
+            raise StopRequested()
 
     def register_death(self, pipeline=None) -> None:
         try:
