@@ -95,6 +95,29 @@ class AlertSettings(models.Model):
     def __str__(self) -> str:
         return "Alert thresholds"
 
+    # The rules compute `now - timedelta(minutes=...)`: a larger value (the database would take up to
+    # 2**31 - 1, SQLite 2**63 - 1) overflows the date and stops every alert check.
+    MAX_MINUTES = 525_600 * 10  # ten years
+    MINUTE_FIELDS = (
+        "reminder_minutes",
+        "breaker_open_minutes",
+        "no_tick_minutes",
+        "no_worker_minutes",
+        "reopen_minutes",
+    )
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        too_long = f"at most {self.MAX_MINUTES:,} minutes (ten years)"
+        errors = {
+            name: too_long
+            for name in self.MINUTE_FIELDS
+            if isinstance(getattr(self, name), int) and getattr(self, name) > self.MAX_MINUTES
+        }
+        if errors:
+            raise ValidationError(errors)
+
     def save(self, *args, **kwargs):
         self.pk = 1  # one row
         super().save(*args, **kwargs)

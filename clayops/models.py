@@ -32,7 +32,7 @@ def credits_field(**kwargs) -> models.DecimalField:
 def validate_timezone(value: str) -> None:
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder ("Europe")
         raise ValidationError(f"{value!r} is not a known time zone (e.g. UTC, Europe/Berlin)") from None
 
 
@@ -183,6 +183,15 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    MIN_RATE = 0.001  # one row every 1,000 s; smaller rates overflow the rate limiter's arithmetic
+
+    def clean(self) -> None:
+        super().clean()
+        if self.rate_limit is not None and 0 < self.rate_limit < self.MIN_RATE:
+            raise ValidationError(
+                {"rate_limit": f"0 (no limit) or at least {self.MIN_RATE} rows/s (one row every 1,000 s)."}
+            )
 
 
 class Webhook(models.Model):

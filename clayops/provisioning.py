@@ -321,7 +321,8 @@ def send_test_row(webhook_id: int, *, by=None) -> tuple[Lead | None, bool]:
     other. Returns (lead, created): the test row still on its way when there is one (no second
     row), (None, False) when there is no such webhook."""
     with transaction.atomic():
-        webhook = Webhook.objects.filter(pk=webhook_id).first()
+        # Locked: of two clicks at once, the second waits and then finds the first one's row in flight.
+        webhook = Webhook.objects.select_for_update().filter(pk=webhook_id).first()
         if webhook is None:
             return None, False
         latest = latest_test_row(webhook.pk)

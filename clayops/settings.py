@@ -7,6 +7,7 @@ configuration table in README.md.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -374,6 +375,22 @@ CLAYOPS_ALERT_DLQ_PER_HOUR = envint("CLAYOPS_ALERT_DLQ_PER_HOUR", 100)
 CLAYOPS_ALERT_NO_TICK_MINUTES = envint("CLAYOPS_ALERT_NO_TICK_MINUTES", 5)
 CLAYOPS_ALERT_NO_WORKER_MINUTES = envint("CLAYOPS_ALERT_NO_WORKER_MINUTES", 5)
 CLAYOPS_ALERT_REOPEN_MINUTES = envint("CLAYOPS_ALERT_REOPEN_MINUTES", 60)
+# Checked at start-up like every other setting: a bad value would otherwise break every alert check.
+if not re.fullmatch(r"\s*\d{1,4}\s*(,\s*\d{1,4}\s*)*,?\s*", str(CLAYOPS_ALERT_BUDGET_THRESHOLDS)) or not all(
+    1 <= int(p) <= 1000 for p in str(CLAYOPS_ALERT_BUDGET_THRESHOLDS).split(",") if p.strip()
+):
+    raise ImproperlyConfigured(
+        "CLAYOPS_ALERT_BUDGET_THRESHOLDS must be comma-separated percentages from 1 to 1000, e.g. 80,90,100"
+    )
+for _name in (
+    "CLAYOPS_ALERT_REMINDER_MINUTES",
+    "CLAYOPS_ALERT_BREAKER_OPEN_MINUTES",
+    "CLAYOPS_ALERT_NO_TICK_MINUTES",
+    "CLAYOPS_ALERT_NO_WORKER_MINUTES",
+    "CLAYOPS_ALERT_REOPEN_MINUTES",
+):
+    if not 0 <= globals()[_name] <= 5_256_000:  # ten years, as the admin's Alert settings allow
+        raise ImproperlyConfigured(f"{_name} must be from 0 to 5,256,000 minutes (ten years)")
 
 
 def envnetworks(name: str) -> list[str]:

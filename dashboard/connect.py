@@ -34,12 +34,24 @@ from .access import HtmxHttpRequest, can_operate, operator_required, viewer_requ
 
 REVEAL_KEY = "clayops_connect_reveal"  # session: ids of webhooks whose secret the next view shows
 MAX_RATE = 10_000.0
+# The slowest rate other than 0 (unlimited): one row in 1,000 s. Below it the token bucket's wait and
+# its key's expiry overflow (1e-300 rows/s: Redis refuses the PEXPIRE and no row of the workspace is sent).
+MIN_RATE = 0.001
 MAX_INT = 2_147_483_647  # what a PositiveIntegerField holds on every database
 # A test row in one of these states is finished: the status stops polling.
 FINAL_STATES = (Lead.State.ENRICHED, Lead.State.DELIVERED, Lead.State.DEAD, Lead.State.DISCARDED)
 
 
 # --- The form ----------------------------------------------------------------------------------------
+
+
+def _known_timezone(value: str) -> None:
+    """validate_timezone, also refusing a name that is a directory of the tz database ("Europe"),
+    which zoneinfo answers with an OSError instead of a ValueError."""
+    try:
+        validate_timezone(value)
+    except OSError:
+        raise ValidationError(f"{value!r} is not a known time zone (e.g. UTC, Europe/Berlin)") from None
 
 
 def _number_input(step: str = "1") -> forms.NumberInput:
@@ -132,7 +144,7 @@ class ConnectForm(forms.Form):
         label="Budget time zone",
         required=False,
         max_length=64,
-        validators=[validate_timezone],
+        validators=[_known_timezone],
         help_text="Whose midnight starts a new budget day (your Clay billing zone). Empty: UTC.",
     )
 
@@ -174,7 +186,15 @@ class ConnectForm(forms.Form):
         token = self.cleaned_data["token"].strip()
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in token):
             raise ValidationError("The token may not hold control characters (it is sent as a header).")
+        if not token.isascii():  # an HTTP header value: anything else fails every send
+            raise ValidationError("The token may hold only ASCII characters (it is sent as a header).")
         return token
+
+    def clean_rate_limit(self) -> float | None:
+        rate = self.cleaned_data["rate_limit"]
+        if rate is not None and 0 < rate < MIN_RATE:
+            raise ValidationError(f"0 (unlimited) or at least {MIN_RATE:g} rows/s.")
+        return rate
 
     def clean(self) -> dict:
         data = super().clean() or {}
