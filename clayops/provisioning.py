@@ -343,3 +343,13 @@ def send_test_row(webhook_id: int, *, by=None) -> tuple[Lead | None, bool]:
     except RedisError:  # the lead is queued in the database: the maintenance tick enqueues it again
         log.warning("could not enqueue test row %s; the maintenance tick will", lead.pk)
     return lead, True
+
+
+def login_username(request, credentials: dict | None = None) -> str:
+    """The username django-axes records for a login attempt (AXES_USERNAME_CALLABLE): as typed, but
+    never longer than a username can be (150) nor with NUL bytes, so a hostile login form cannot
+    make axes' INSERT fail (PostgreSQL refuses strings over the column's 255 characters)."""
+    raw = (credentials or {}).get("username")
+    if raw is None:
+        raw = request.POST.get("username", "") if request is not None else ""
+    return str(raw).replace("\x00", "")[:150]

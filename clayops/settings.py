@@ -133,6 +133,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=envint("CLAYOPS_LOGIN_COOLOFF_MINUTES", 15
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+AXES_USERNAME_CALLABLE = "clayops.provisioning.login_username"  # bounded: no 500 on a huge username
 
 ROOT_URLCONF = "clayops.urls"
 WSGI_APPLICATION = "clayops.wsgi.application"

@@ -527,7 +527,10 @@ def test_the_timeline_survives_odd_rows(as_viewer, operator, webhook):
         CircuitEvent.objects.create(
             breaker=webhook.breaker, from_state="closed", to_state="open", reason="<b>x</b>", at=at
         )
-    AuditEntry.objects.create(user=operator, action="<script>", target="x" * 100, detail={"a": "\x00" * 10})
+    # Control characters (NUL never reaches the database: PostgreSQL cannot store it, inputs strip it).
+    AuditEntry.objects.create(
+        user=operator, action="<script>", target="x" * 100, detail={"a": "\x01\x1b" * 10}
+    )
     webhook.paused_until = now.replace(year=9999)
     webhook.save(update_fields=["paused_until"])
     make_dead_letter(webhook=webhook)
@@ -668,8 +671,8 @@ def test_deferral_reasons_survive_odd_leads_and_budgets(as_viewer, webhook):
     now = timezone.now()
     odd = [
         make_lead(1, webhook=webhook, state=S.DEFERRED, defer_reason="<script>x</script>"),
-        make_lead(2, webhook=webhook, state=S.DEFERRED, defer_reason="\x00" * 50),
-        make_lead(3, webhook=webhook, state=S.DEFERRED, defer_reason="x" * 5000),
+        make_lead(2, webhook=webhook, state=S.DEFERRED, defer_reason="\x01\x1b\u2028" * 50),
+        make_lead(3, webhook=webhook, state=S.DEFERRED, defer_reason="x" * 200),  # the column's length
         make_lead(4, webhook=None, state=S.DEFERRED, defer_reason="budget"),
         make_lead(
             5,
@@ -861,3 +864,17 @@ def test_bad_alert_settings_in_the_environment_stop_the_start(tmp_path, name, va
         [sys.executable, "-c", "import clayops.settings"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_a_huge_username_at_login_is_a_failed_login_not_a_500(client, db):
+    """django-axes records every failed login with its username; a 10,000-character one used to make
+    its INSERT fail on PostgreSQL (varchar 255) and the login page answer 500."""
+    from axes.models import AccessAttempt
+
+    page = client.get("/login/")
+    answer = client.post(
+        "/login/",
+        {"username": "u" * 10_000, "password": "x", "csrfmiddlewaretoken": page.cookies["csrftoken"].value},
+    )
+    assert answer.status_code == 200 and b"Please enter a correct" in answer.content
+    assert AccessAttempt.objects.get().username == "u" * 150

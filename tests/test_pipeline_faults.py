@@ -49,7 +49,9 @@ WORKER_ENV = {
     "CLAYOPS_MAX_ATTEMPTS": "8",
     "CLAYOPS_SEND_CONCURRENCY": "4",
     "CLAYOPS_BATCH_SIZE": "25",
-    "CLAYOPS_UNCERTAIN_GRACE_SECONDS": "4",
+    # Long enough for a callback delayed by a loaded machine: a lead whose answer was lost is resent
+    # only when no callback came within the grace (then Clay may see it twice, by design).
+    "CLAYOPS_UNCERTAIN_GRACE_SECONDS": "12",
 }
 
 
@@ -58,7 +60,7 @@ def _fast_maintenance(settings):
     # ... and for the maintenance passes this test process runs (as RQ cron would).
     settings.CLAYOPS_STUCK_SUBMITTING_SECONDS = 3
     settings.CLAYOPS_ORPHAN_SECONDS = 3
-    settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS = 4
+    settings.CLAYOPS_UNCERTAIN_GRACE_SECONDS = 12
     settings.CLAYOPS_RESERVATION_TTL_SECONDS = 30
     settings.CLAYOPS_DRAIN_RATE = 200
     settings.CLAYOPS_TICK_SECONDS = 1
