@@ -276,6 +276,7 @@ def test_it_sends_exactly_what_the_budget_allows_and_resumes_when_it_rises(setup
     assert_nothing_lost_or_sent_twice(clay_sim, 20)
 
 
+@pytest.mark.once  # 2-3 minutes: .ci/run runs it on PostgreSQL (its races are PostgreSQL's), else SQLite
 def test_it_takes_a_10000_row_csv_with_duplicates_bad_rows_and_faults_to_final_states(
     setup_hook, clay_sim, workers, tmp_path
 ):
