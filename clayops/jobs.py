@@ -52,6 +52,12 @@ def submit_leads(lead_ids: list[int]) -> dict:
 
 
 @job
+def pump_workspace(workspace_id: int) -> dict:
+    """A paced workspace's tokens are there again: send what they pay for (clayops.delivery.pump)."""
+    return delivery.run_pump(workspace_id)
+
+
+@job
 def maintenance_tick() -> dict:
     """Periodic work (RQ cron): reap stale reservations and stuck leads, retry due DLQ entries,
     drain the offline queue, requeue leads whose backoff has passed (clayops.maintenance)."""

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from . import alerts, budget, delivery, dlq, imports, liveness
+from . import alerts, budget, delivery, dlq, imports, liveness, pacequeue
 from .liveness import LAST_TICK_KEY  # noqa: F401 (tests and older callers name it here)
 
 
@@ -25,6 +25,8 @@ def run(*, now: datetime | None = None) -> dict[str, int]:
         "dlq_retried": dlq.retry_due(now=now),
         "offline_drained": delivery.drain_offline_step(now=now),
         "orphans_requeued": delivery.requeue_orphans(now=now),
+        "pumps_restarted": pacequeue.ensure_pumps(),
+        "pumps_dispatched": pacequeue.dispatch_due(),
         "alerts_evaluated": alerts.evaluate(now=now),  # last: sees what the steps above changed
     }
     liveness.record_tick()

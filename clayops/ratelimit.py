@@ -220,3 +220,118 @@ def hourly_allow(workspace_id: int, *, cap: int | None, n: int = 1, connection=N
         HOURLY, keys=[f"clayops:hourly:{workspace_id}"], args=[int(n), int(cap)], connection=connection
     )
     return float(wait)
+
+
+# Taking tokens in bulk for a pump (clayops.pacequeue): grant every token there is, up to `want`, but
+# only once at least `goal` are there; otherwise grant nothing and say when `goal` will be. Grants
+# enter the same sliding window as above, so no window of grants ever holds more than the burst.
+TAKE_UP_TO = """
+local key = KEYS[1]
+local window_key = KEYS[1] .. ':w'
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local goal = math.min(tonumber(ARGV[4]), want, burst)
+local span = tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', key, 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - span)
+local recent = redis.call('ZCARD', window_key)
+local avail = math.min(math.floor(tokens + 0.000001), burst - recent, want)
+local granted = 0
+local wait = 0
+if avail >= goal and avail >= 1 then
+  granted = avail
+  tokens = tokens - avail
+  local seq = redis.call('HINCRBY', key, 'seq', avail)
+  for i = seq - avail + 1, seq do
+    redis.call('ZADD', window_key, now, i)
+  end
+  redis.call('PEXPIRE', window_key, math.ceil(span * 1000) + 1000)
+else
+  if tokens < goal then
+    wait = (goal - tokens) / rate
+  end
+  local over = recent + goal - burst
+  if over > 0 then
+    local oldest = redis.call('ZRANGE', window_key, over - 1, over - 1, 'WITHSCORES')
+    if oldest[2] then
+      wait = math.max(wait, tonumber(oldest[2]) + span - now)
+    end
+  end
+end
+redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', ts))
+redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {granted, string.format('%.6f', wait)}
+"""
+
+REFUND = """
+local key = KEYS[1]
+local n = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tokens = tonumber(redis.call('HGET', key, 'tokens'))
+if tokens ~= nil then
+  redis.call('HSET', key, 'tokens', string.format('%.6f', math.min(burst, tokens + n)))
+end
+redis.call('ZPOPMAX', KEYS[1] .. ':w', n)
+return n
+"""
+
+
+def pace_goal(*, rate: float, burst: int, window: float) -> int:
+    """How many tokens a pump waits for before it takes them (clayops.pacequeue).
+
+    A pump takes all the tokens there are in one grant, then the window (`window` seconds, no more
+    than `burst` grants in it) must empty before the next grant. Waiting for a full bucket would
+    leave tokens unused while the pump is late (a busy worker, the dispatcher's tick); taking one
+    at a time would run a pump for each request. So the pump comes back when the bucket holds what
+    half-way between the window's end and a full bucket brings: at 10/s burst 19 and a 1.25 s
+    window, 15 tokens every 1.5 s, with 0.4 s of slack before a token is lost.
+    """
+    burst = max(1, int(burst))
+    if rate <= 0:
+        return burst
+    holds = burst / rate  # seconds a full bucket takes to fill
+    if holds <= window:
+        return burst  # the window binds: take everything each time it empties
+    return max(1, min(burst, int(rate * (window + holds) / 2)))
+
+
+def take_up_to(
+    workspace_id: int, *, rate: float, burst: int, want: int, goal: int, window: float = 1.0, connection=None
+) -> tuple[int, float]:
+    """Take between `goal` and `want` tokens now, as many as there are: (granted, 0.0); or none, and
+    the seconds until `goal` will be there: (0, wait). rate <= 0 (no limit) grants `want` at once."""
+    if rate <= 0 or want <= 0:
+        return max(0, want), 0.0
+    granted, wait = run_script(
+        TAKE_UP_TO,
+        keys=[f"clayops:rate:{workspace_id}"],
+        args=[rate, max(1, int(burst)), int(want), max(1, int(goal)), max(1.0, float(window))],
+        connection=connection,
+    )
+    return int(granted), float(wait)
+
+
+def refund(workspace_id: int, n: int, *, burst: int, connection=None) -> None:
+    """Give back n tokens taken but not used (their requests were deferred or served from the cache):
+    the bucket gets them back and the window forgets the n newest grants."""
+    if n <= 0:
+        return
+    run_script(
+        REFUND,
+        keys=[f"clayops:rate:{workspace_id}"],
+        args=[int(n), max(1, int(burst))],
+        connection=connection,
+    )

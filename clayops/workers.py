@@ -16,6 +16,7 @@ tick's reapers (see docs/ARCHITECTURE.md, "Recovery").
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -56,7 +57,32 @@ def wait_for_redis(connection, who: str, stopping: Callable[[], bool], sleep=tim
 
 
 class RidingWorker(SimpleWorker):
-    """A SimpleWorker (jobs run in the worker process) that survives Redis going away."""
+    """A SimpleWorker (jobs run in the worker process) that survives Redis going away.
+
+    Beside its work loop a thread enqueues the paced workspaces' pumps as they fall due
+    (clayops.pacequeue.dispatch_due, every DISPATCH_SECONDS): RQ's scheduler keeps whole seconds."""
+
+    def work(self, *args, **kwargs):
+        stop = threading.Event()
+        thread = threading.Thread(target=self._dispatch_pumps, args=(stop,), name="clayops-pace", daemon=True)
+        thread.start()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            stop.set()
+            thread.join(timeout=2)
+
+    def _dispatch_pumps(self, stop: threading.Event) -> None:
+        from clayops import pacequeue
+
+        while not stop.wait(pacequeue.DISPATCH_SECONDS):
+            try:
+                pacequeue.dispatch_due()
+            except REDIS_DOWN:
+                stop.wait(1.0)  # the work loop rides the outage out and says so
+            except Exception:  # the dispatcher must never stop; the maintenance tick dispatches too
+                log.exception("Worker %s: dispatching the due pumps failed", self.name)
+                stop.wait(1.0)
 
     def _ride(self, call: Callable[[], T], *, again: bool) -> T | None:
         """Run call; on a lost Redis wait for it to return, then run call again (again=True: the call

@@ -9,7 +9,9 @@ The order of the guards matters:
   3. the breaker admits each request (half-open: at most K probes); refused → deferred (not a failure);
   4. the budget holds credits for as many leads as it pays for; the rest → deferred (not a failure);
   5. the webhook's lifetime row cap: full → fail over to the next webhook of the workspace;
-  6. per request, the workspace's rate-limit token, taken just before the request goes out;
+  6. per request, the workspace's rate-limit token: a paced workspace's pump (pump.py) takes the
+     tokens there are before step 2 and hands them to the Sender; a request not paid for waits in
+     the workspace's list (clayops.pacequeue), never on a worker;
   7. send; classify the answer once; record the attempt, health and the breaker; settle or release.
 
 Modules, each importing only those listed before it:
@@ -17,13 +19,16 @@ Modules, each importing only those listed before it:
   routing      which webhook a lead goes to (fail over) and how leads are cut into requests
   outcomes     applying Clay's answers: one handler per error class
   sender       sending a group's requests on HTTP-only threads, paced by the rate limit
-  guards       the job body: steps 1-5, then the sender
+  guards       a group's body: steps 1-5, then the sender
+  pump         the job body: leads of unpaced workspaces straight to the guards; a paced
+               workspace's to its lists, sent by its pump as its tokens allow
   recovery     what the maintenance tick does for leads: stuck, uncertain, due, orphaned, deferred,
                overdue callbacks; and the probe when a breaker's cooldown ends
   resolution   the operator's choices for overdue and uncertain leads: wait, resend, mark delivered
 """
 
-from .guards import deliver_group, submit_batch
+from .guards import deliver_group
+from .pump import run_pump, submit_batch
 from .recovery import (
     drain_offline,
     drain_offline_step,
@@ -47,6 +52,7 @@ __all__ = [
     "drain_offline_step",
     "mark_overdue",
     "plan_chunks",
+    "run_pump",
     "recover_stuck",
     "requeue",
     "requeue_due_retries",

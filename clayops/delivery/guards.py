@@ -14,20 +14,9 @@ from .. import breaker, budget, ratelimit
 from ..enqueue import alert_check, enqueue_leads
 from ..models import AuditEntry, CircuitBreaker, EnrichmentCache, Lead, Webhook
 from .outcomes import Group
-from .routing import Chunk, Send, plan_chunks, trim
-from .sender import Sender
+from .routing import Chunk, Send, trim
+from .sender import Prepaid, Sender
 from .transitions import S, defer_unclaimed, set_claimed
-
-
-def submit_batch(lead_ids: list[int]) -> dict[str, int]:
-    """The job body: deliver the queued leads among `lead_ids`; return counts by outcome."""
-    groups: dict[int, list[Chunk]] = {}
-    for chunk in plan_chunks(lead_ids):
-        groups.setdefault(chunk.webhook.pk, []).append(chunk)
-    totals: dict[str, int] = {}
-    for chunks in groups.values():
-        _add(totals, deliver_group(chunks))
-    return totals
 
 
 def _add(totals: dict[str, int], more: dict[str, int]) -> None:
@@ -36,8 +25,11 @@ def _add(totals: dict[str, int], more: dict[str, int]) -> None:
             totals[key] = totals.get(key, 0) + value
 
 
-def deliver_group(chunks: list[Chunk]) -> dict[str, int]:
-    """Deliver one job's requests to one webhook: guards once for the group, then the Sender."""
+def deliver_group(chunks: list[Chunk], prepaid: Prepaid | None = None) -> dict[str, int]:
+    """Deliver one job's requests to one webhook: guards once for the group, then the Sender.
+
+    `prepaid`: rate-limit tokens a pump already took (one per request); what the guards or the
+    Sender leave unused stays in `prepaid.left` for the pump to give back."""
     webhook = Webhook.objects.select_related("workspace", "workspace__budget").get(pk=chunks[0].webhook.pk)
     ids = [pk for chunk in chunks for pk in chunk.lead_ids]
     now = timezone.now()
@@ -57,7 +49,7 @@ def deliver_group(chunks: list[Chunk]) -> dict[str, int]:
     sends = _fund(group, sends, counts, now=now)
     sends = _take_row_cap(group, sends, counts, now=now)
     if sends:
-        _add(counts, Sender(group, rows).run(sends))
+        _add(counts, Sender(group, rows, prepaid).run(sends))
     return counts
 
 

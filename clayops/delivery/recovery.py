@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import breaker, budget, retry
+from .. import breaker, budget, pacequeue, retry
 from ..enqueue import enqueue_leads, schedule_probe
 from ..models import AuditEntry, CircuitBreaker, Lead, Webhook
 from .guards import breaker_blocked_for
@@ -214,8 +214,13 @@ def requeue_orphans(*, now: datetime, limit: int = 5000) -> int:
     if any(django_rq.get_queue(name).count for name in ("submit", "urgent")):
         return 0
     cutoff = now - timedelta(seconds=settings.CLAYOPS_ORPHAN_SECONDS)
+    # A paced workspace's leads wait in its lists (clayops.pacequeue) for as long as its rate needs:
+    # they have a pump, not a job. Once its lists are empty, any still queued are orphans.
+    waiting = pacequeue.active_workspaces()
     ids = list(
-        Lead.objects.filter(state=S.QUEUED, state_changed_at__lt=cutoff).values_list("pk", flat=True)[:limit]
+        Lead.objects.filter(state=S.QUEUED, state_changed_at__lt=cutoff)
+        .exclude(webhook__workspace_id__in=waiting)
+        .values_list("pk", flat=True)[:limit]
     )
     if ids:
         enqueue_leads(ids)

@@ -42,12 +42,14 @@ class Chunk:
 
 def plan_chunks(lead_ids: Sequence[int]) -> list[Chunk]:
     """Group queued leads by the webhook they will go to, in requests of the webhook's batch size
-    (kept under Clay's payload limit). Leads with no usable webhook are deferred."""
+    (kept under Clay's payload limit), in the order given. Leads with no usable webhook are deferred."""
     leads = list(
         Lead.objects.filter(pk__in=lead_ids, state=S.QUEUED)
         .select_related("webhook")
         .only("pk", "row", "webhook")
     )
+    position = {pk: i for i, pk in enumerate(lead_ids)}
+    leads.sort(key=lambda lead: position[lead.pk])  # in the order given (an import's: file order)
     by_webhook: dict[int, tuple[Webhook, list[Lead]]] = {}
     cache: dict[int | None, Webhook | None] = {}
     orphans = []

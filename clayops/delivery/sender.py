@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,6 +20,14 @@ from ..models import CircuitBreaker, Lead, Webhook
 from .outcomes import Group, apply_results
 from .routing import Send, trim
 from .transitions import S, set_claimed, unsend
+
+
+@dataclass
+class Prepaid:
+    """Rate-limit tokens a pump took for this group before the guards ran (clayops.pacequeue): the
+    Sender launches one request per token without waiting, and `left` is what it did not use."""
+
+    left: int
 
 
 class Sender:
@@ -35,7 +44,8 @@ class Sender:
 
     RECHECK_SECONDS = 0.5
 
-    def __init__(self, group: Group, rows: dict[int, dict]):
+    def __init__(self, group: Group, rows: dict[int, dict], prepaid: Prepaid | None = None):
+        self.prepaid = prepaid
         self.group = group
         self.webhook = group.webhook
         self.workspace = group.webhook.workspace
@@ -124,6 +134,11 @@ class Sender:
         left = self.deadline - time.monotonic()
         if left <= 0:
             return "rate"
+        if self.prepaid is not None:  # a pump's tokens: never wait on a worker for more
+            if self.prepaid.left <= 0:
+                return "rate"
+            self.prepaid.left -= 1
+            return None
         workspace = self.workspace
         # The bucket keeps CLAYOPS_RATE_HEADROOM tokens of Clay's burst unused: a request reaches
         # Clay a little after its token was taken, and network jitter must not turn two requests

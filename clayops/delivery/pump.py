@@ -1,0 +1,140 @@
+"""The submission job, and the pump that paces a rate-limited workspace without holding a worker.
+
+A job's leads of a workspace without a rate limit go through the guards and out at once. Those of a
+paced workspace go to its lists (clayops.pacequeue: urgent first, then imports in turn) and the job
+runs the workspace's pump, if no other runs it: the pump takes the tokens there are (all of them,
+once at least ratelimit.pace_goal() are there), sends that many requests through the guards with
+the tokens prepaid, gives back what it could not pay for, and asks to run again when the next
+tokens will be there. No worker ever sleeps waiting for one workspace's tokens while another
+workspace could send.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from .. import pacequeue, ratelimit
+from ..models import Lead, Workspace
+from .guards import _add, deliver_group
+from .routing import Chunk, plan_chunks
+from .sender import Prepaid
+from .transitions import S
+
+SLICE_SECONDS = 1.0  # a pump that still has tokens after this goes to the back of the queue
+
+
+def submit_batch(lead_ids: list[int]) -> dict[str, int]:
+    """The job body: deliver the queued leads among `lead_ids`; return counts by outcome."""
+    paced, direct = _split_paced(lead_ids)
+    totals = deliver_now(direct)
+    for workspace_id, batches in paced.items():
+        pacequeue.push(workspace_id, batches)
+        _add(totals, {"paced": sum(len(ids) for lists in batches.values() for ids in lists)})
+        _add(totals, run_pump(workspace_id))
+    return totals
+
+
+def deliver_now(lead_ids: list[int], prepaid: Prepaid | None = None) -> dict[str, int]:
+    """Through the guards and out, one group per webhook."""
+    groups: dict[int, list[Chunk]] = {}
+    for chunk in plan_chunks(lead_ids):
+        groups.setdefault(chunk.webhook.pk, []).append(chunk)
+    totals: dict[str, int] = {}
+    for chunks in groups.values():
+        _add(totals, deliver_group(chunks, prepaid))
+    return totals
+
+
+def _split_paced(lead_ids: list[int]) -> tuple[dict[int, dict[str, list[list[int]]]], list[int]]:
+    """The queued leads of rate-limited workspaces, by workspace and list ("u", or the import id);
+    and the rest (no rate limit, or no webhook: the guards defer those)."""
+    info = {
+        pk: (ws, rate, imp, urgent)
+        for pk, ws, rate, imp, urgent in Lead.objects.filter(pk__in=lead_ids, state=S.QUEUED).values_list(
+            "pk",
+            "webhook__workspace_id",
+            "webhook__workspace__rate_limit",
+            "lead_import_id",
+            "lead_import__urgent",
+        )
+    }
+    paced: dict[int, dict[str, list[int]]] = {}
+    direct: list[int] = []
+    for pk in lead_ids:  # in the job's order (an import's: file order)
+        if pk not in info:
+            continue
+        ws, rate, imp, urgent = info[pk]
+        if ws is None or not rate or rate <= 0:
+            direct.append(pk)
+            continue
+        kind = pacequeue.URGENT if urgent else str(imp or 0)
+        paced.setdefault(ws, {}).setdefault(kind, []).append(pk)
+    return {ws: {kind: [ids] for kind, ids in lists.items()} for ws, lists in paced.items()}, direct
+
+
+def run_pump(workspace_id: int) -> dict[str, int]:
+    """Send what the workspace's tokens allow now, if no other pump of it runs; return counts."""
+    token = pacequeue.lock(workspace_id)
+    if token is None:
+        return {}  # the running pump looks at the lists again before it lets go
+    try:
+        return _pump(workspace_id)
+    finally:
+        pacequeue.unlock(workspace_id, token)
+        # Leads handed over while this pump held the lock, after it had found the lists empty:
+        # their job could not run the pump, so this one sees that it runs again.
+        if workspace_id in pacequeue.active_workspaces() and not pacequeue.scheduled(workspace_id):
+            pacequeue.schedule(workspace_id, 0)
+
+
+def _pump(workspace_id: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    workspace = Workspace.objects.filter(pk=workspace_id).first()
+    rate = workspace.rate_limit if workspace is not None else 0
+    # As the Sender's blocking path: CLAYOPS_RATE_HEADROOM tokens of the burst stay unused, and
+    # grants are spread over a little more than a second (requests reach Clay a little later).
+    burst = max(1, (workspace.burst if workspace else 1) - settings.CLAYOPS_RATE_HEADROOM)
+    window = 1.0 + settings.CLAYOPS_RATE_JITTER_SECONDS
+    goal = ratelimit.pace_goal(rate=rate, burst=burst, window=window)
+    started = time.monotonic()
+    while time.monotonic() - started < SLICE_SECONDS:
+        item = pacequeue.pop(workspace_id)
+        if item is None:
+            return counts
+        source, ids = item
+        if workspace is None or rate <= 0:  # deleted, or its limit lifted: no pacing any more
+            _add(counts, deliver_now(ids))
+            continue
+        granted, wait = ratelimit.take_up_to(
+            workspace_id, rate=rate, burst=burst, want=len(ids), goal=goal, window=window
+        )
+        if granted == 0:
+            pacequeue.give_back(workspace_id, source, ids)
+            pacequeue.schedule(workspace_id, wait)
+            ratelimit.record_wait(workspace_id, wait)
+            return counts
+        _add(counts, _send_paid(workspace_id, source, ids, granted, burst))
+    pacequeue.schedule(workspace_id, 0)  # tokens left, but others go first
+    return counts
+
+
+def _send_paid(workspace_id: int, source: str, ids: list[int], granted: int, burst: int) -> dict[str, int]:
+    """Send as many of these leads' requests as `granted` tokens pay for; the rest back to the head
+    of their list, unused tokens back to the bucket."""
+    chunks = plan_chunks(ids)  # queued leads only; a lead with no usable webhook is deferred here
+    rest = [pk for chunk in chunks[granted:] for pk in chunk.lead_ids]
+    if rest:
+        pacequeue.give_back(workspace_id, source, rest)
+    prepaid = Prepaid(granted)
+    counts: dict[str, int] = {}
+    groups: dict[int, list[Chunk]] = {}
+    for chunk in chunks[:granted]:
+        groups.setdefault(chunk.webhook.pk, []).append(chunk)
+    try:
+        for group in groups.values():
+            _add(counts, deliver_group(group, prepaid))
+    finally:
+        ratelimit.refund(workspace_id, prepaid.left, burst=burst)
+    return counts
