@@ -11,6 +11,7 @@ Per workspace, in Redis:
   clayops:pace:<ws>:b:<import> one list per import (0: leads of no import), taken in turn
   clayops:pace:<ws>:rr         the imports with leads waiting, in the order of their turns
   clayops:pace:<ws>:lock       held by the workspace's running pump
+  clayops:pace:<ws>:taken      the item the pump took last, until it is done with it
 and for all workspaces:
   clayops:pace:active          the workspaces with leads waiting
   clayops:pace:due             when each workspace's pump must run next (Redis' clock)
@@ -39,7 +40,10 @@ log = logging.getLogger("clayops.pacequeue")
 
 ACTIVE = "clayops:pace:active"
 DUE = "clayops:pace:due"
-LOCK_SECONDS = 120  # a pump that died (SIGKILL) stops holding its workspace after this
+# A pump that died (SIGKILL) stops holding its workspace after this. A live pump may outlast it
+# (a slow answer from Clay): another pump may then run beside it, which stays within the rate (the
+# Sender takes its tokens atomically and gives back what it cannot pay for); the lock only saves work.
+LOCK_SECONDS = 10
 DISPATCH_SECONDS = 0.05
 URGENT = "u"
 
@@ -65,21 +69,46 @@ return 1
 """
 
 # Urgent first; then one item from the next import in turn. Nothing left: the workspace is no
-# longer active.
+# longer active. The item is also kept in `…:taken` until the pump is done with it (done()), so a
+# pump that dies with it (SIGKILL) leaves it for the next one (restore()).
 POP = """
 local base = KEYS[1]
 local item = redis.call('LPOP', base .. ':u')
-if item then return {base .. ':u', item} end
+if item then
+  redis.call('SET', base .. ':taken', base .. ':u|' .. item)
+  return {base .. ':u', item}
+end
 local n = redis.call('LLEN', base .. ':rr')
 for i = 1, n do
   local kind = redis.call('LMOVE', base .. ':rr', base .. ':rr', 'LEFT', 'RIGHT')
   local list = base .. ':b:' .. kind
   item = redis.call('LPOP', list)
   if redis.call('LLEN', list) == 0 then redis.call('LREM', base .. ':rr', 0, kind) end
-  if item then return {list, item} end
+  if item then
+    redis.call('SET', base .. ':taken', list .. '|' .. item)
+    return {list, item}
+  end
 end
 redis.call('SREM', KEYS[2], ARGV[1])
 return false
+"""
+
+# A pump that died while it held an item: the item goes back to the head of its list.
+RESTORE = """
+local base = KEYS[1]
+local taken = redis.call('GET', base .. ':taken')
+if not taken then return 0 end
+redis.call('DEL', base .. ':taken')
+local sep = string.find(taken, '|', 1, true)
+local list = string.sub(taken, 1, sep - 1)
+redis.call('LPUSH', list, string.sub(taken, sep + 1))
+local prefix = base .. ':b:'
+if string.sub(list, 1, #prefix) == prefix then
+  local kind = string.sub(list, #prefix + 1)
+  if redis.call('LPOS', base .. ':rr', kind) == false then redis.call('LPUSH', base .. ':rr', kind) end
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
 """
 
 # Put an item back at the head of the list it came from (the part of a batch the tokens did not pay
@@ -146,6 +175,18 @@ def pop(workspace_id: int, *, connection=None) -> tuple[str, list[int]] | None:
     return (source.decode() if isinstance(source, bytes) else source), decode(item)
 
 
+def done(workspace_id: int, *, connection=None) -> None:
+    """The pump is done with the item it popped last (sent, or given back)."""
+    (connection or redis_connection()).delete(base(workspace_id) + ":taken")
+
+
+def restore(workspace_id: int, *, connection=None) -> bool:
+    """Put back the item a dead pump had popped and not finished (call holding the lock)."""
+    return bool(
+        run_script(RESTORE, keys=[base(workspace_id), ACTIVE], args=[workspace_id], connection=connection)
+    )
+
+
 def give_back(workspace_id: int, source: str, ids: Sequence[int], *, connection=None) -> None:
     """Put lead ids back at the head of the list they were taken from."""
     if not ids:
@@ -186,11 +227,16 @@ def scheduled(workspace_id: int, *, connection=None) -> bool:
 
 
 def lock(workspace_id: int, *, connection=None) -> str | None:
-    """Hold the workspace's pump lock: a token to release it with, or None if another pump runs."""
+    """Hold the workspace's pump lock: a token to release it with, or None if another pump runs.
+    Then this workspace's pump is due again when that lock expires: if its holder died, no pump
+    would otherwise run until the maintenance tick noticed."""
     token = uuid.uuid4().hex
     conn = connection or redis_connection()
-    if conn.set(base(workspace_id) + ":lock", token, nx=True, ex=LOCK_SECONDS):
+    key = base(workspace_id) + ":lock"
+    if conn.set(key, token, nx=True, ex=LOCK_SECONDS):
         return token
+    left = conn.pttl(key)
+    schedule(workspace_id, max(0.05, left / 1000 if left and left > 0 else 0.05), connection=conn)
     return None
 
 

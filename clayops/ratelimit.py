@@ -233,6 +233,7 @@ local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local goal = math.min(tonumber(ARGV[4]), want, burst)
 local span = tonumber(ARGV[5])
+local dry = ARGV[6] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -251,6 +252,9 @@ local recent = redis.call('ZCARD', window_key)
 local avail = math.min(math.floor(tokens + 0.000001), burst - recent, want)
 local granted = 0
 local wait = 0
+if avail >= goal and avail >= 1 and dry then
+  return {avail, '0'}
+end
 if avail >= goal and avail >= 1 then
   granted = avail
   tokens = tokens - avail
@@ -309,16 +313,28 @@ def pace_goal(*, rate: float, burst: int, window: float) -> int:
 
 
 def take_up_to(
-    workspace_id: int, *, rate: float, burst: int, want: int, goal: int, window: float = 1.0, connection=None
+    workspace_id: int,
+    *,
+    rate: float,
+    burst: int,
+    want: int,
+    goal: int,
+    window: float = 1.0,
+    dry: bool = False,
+    connection=None,
 ) -> tuple[int, float]:
     """Take between `goal` and `want` tokens now, as many as there are: (granted, 0.0); or none, and
-    the seconds until `goal` will be there: (0, wait). rate <= 0 (no limit) grants `want` at once."""
+    the seconds until `goal` will be there: (0, wait). rate <= 0 (no limit) grants `want` at once.
+
+    dry=True takes nothing and says what would be granted: a pump looks first, does its database
+    work for that many requests, then takes the tokens just before they go out (the bucket only
+    fills meanwhile), so the time from a grant to Clay is the network's, not the database's."""
     if rate <= 0 or want <= 0:
         return max(0, want), 0.0
     granted, wait = run_script(
         TAKE_UP_TO,
         keys=[f"clayops:rate:{workspace_id}"],
-        args=[rate, max(1, int(burst)), int(want), max(1, int(goal)), max(1.0, float(window))],
+        args=[rate, max(1, int(burst)), int(want), max(1, int(goal)), max(1.0, float(window)), int(dry)],
         connection=connection,
     )
     return int(granted), float(wait)

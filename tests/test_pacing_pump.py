@@ -131,7 +131,7 @@ def test_a_due_pump_is_enqueued_once_on_the_urgent_queue(redis):
 
 @respx.mock
 def test_a_job_sends_what_the_tokens_pay_for_and_the_pump_sends_the_rest_at_the_rate(webhook):
-    paced(webhook, rate=10, burst=6)  # 5 usable (one of headroom)
+    paced(webhook, rate=10, burst=6)  # 4 usable: one of headroom, one against jitter (a quarter of 5)
     seen: list[float] = []
     respx.post(webhook.url).mock(
         side_effect=lambda request: seen.append(time.monotonic()) or httpx.Response(200)
@@ -141,14 +141,14 @@ def test_a_job_sends_what_the_tokens_pay_for_and_the_pump_sends_the_rest_at_the_
     counts = delivery.submit_batch(ids)
 
     # The job took the 5 tokens there were and did not wait for more: the worker is free.
-    assert counts == {"paced": 12, "accepted": 5}
-    assert Lead.objects.filter(state=S.QUEUED).count() == 7
-    assert pacequeue.waiting(webhook.workspace_id) == 7
+    assert counts == {"paced": 12, "accepted": 4}
+    assert Lead.objects.filter(state=S.QUEUED).count() == 8
+    assert pacequeue.waiting(webhook.workspace_id) == 8
     assert pacequeue.scheduled(webhook.workspace_id)
     drive(webhook.workspace_id)
     assert Lead.objects.filter(state=S.ACCEPTED).count() == 12
     # Never more than the usable burst in any 1.25 s (so never in a second), and no faster than the rate.
-    assert max(sum(1 for t in seen if start <= t < start + 1.2) for start in seen) <= 5
+    assert max(sum(1 for t in seen if start <= t < start + 1.2) for start in seen) <= 4
     assert seen[-1] - seen[0] >= 1.2
 
 
@@ -250,3 +250,27 @@ def test_a_dead_pump_is_restarted_by_the_maintenance_tick(webhook):
     token = pacequeue.lock(webhook.workspace_id)  # one runs: nothing to restart
     assert pacequeue.ensure_pumps() == 0
     pacequeue.unlock(webhook.workspace_id, token)
+
+
+@respx.mock
+def test_a_batch_a_pump_took_when_it_died_goes_first_for_the_next_pump(webhook, redis):
+    paced(webhook)
+    respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    ids = [lead.pk for lead in make_leads(4, webhook=webhook)]
+    pacequeue.push(webhook.workspace_id, {"0": [ids[:2], ids[2:]]})
+    pacequeue.lock(webhook.workspace_id)
+    assert pacequeue.pop(webhook.workspace_id)[1] == ids[:2]  # ... and the pump is SIGKILLed here
+    redis.delete(f"clayops:pace:{webhook.workspace_id}:lock")  # its lock expires
+
+    assert pump.run_pump(webhook.workspace_id) == {"accepted": 4}
+    assert Lead.objects.filter(pk__in=ids, state=S.ACCEPTED).count() == 4
+
+
+def test_a_pump_that_finds_the_lock_taken_is_due_again_when_the_lock_expires(webhook, redis):
+    paced(webhook)
+    redis.set(f"clayops:pace:{webhook.workspace_id}:lock", "a dead pump's", px=300)
+
+    assert pump.run_pump(webhook.workspace_id) == {}
+    assert pacequeue.take_due() == []
+    time.sleep(0.35)
+    assert pacequeue.take_due() == [webhook.workspace_id]

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import time
 
-from django.conf import settings
-
 from .. import pacequeue, ratelimit
 from ..models import Lead, Workspace
 from .guards import _add, deliver_group
 from .routing import Chunk, plan_chunks
-from .sender import Prepaid
+from .sender import Prepaid, pace_shape
 from .transitions import S
 
 SLICE_SECONDS = 1.0  # a pump that still has tokens after this goes to the back of the queue
@@ -80,6 +78,7 @@ def run_pump(workspace_id: int) -> dict[str, int]:
     if token is None:
         return {}  # the running pump looks at the lists again before it lets go
     try:
+        pacequeue.restore(workspace_id)  # what a pump that died had taken goes first
         return _pump(workspace_id)
     finally:
         pacequeue.unlock(workspace_id, token)
@@ -93,10 +92,7 @@ def _pump(workspace_id: int) -> dict[str, int]:
     counts: dict[str, int] = {}
     workspace = Workspace.objects.filter(pk=workspace_id).first()
     rate = workspace.rate_limit if workspace is not None else 0
-    # As the Sender's blocking path: CLAYOPS_RATE_HEADROOM tokens of the burst stay unused, and
-    # grants are spread over a little more than a second (requests reach Clay a little later).
-    burst = max(1, (workspace.burst if workspace else 1) - settings.CLAYOPS_RATE_HEADROOM)
-    window = 1.0 + settings.CLAYOPS_RATE_JITTER_SECONDS
+    burst, window = pace_shape(workspace) if workspace is not None else (1, 1.0)
     goal = ratelimit.pace_goal(rate=rate, burst=burst, window=window)
     started = time.monotonic()
     while time.monotonic() - started < SLICE_SECONDS:
@@ -106,35 +102,39 @@ def _pump(workspace_id: int) -> dict[str, int]:
         source, ids = item
         if workspace is None or rate <= 0:  # deleted, or its limit lifted: no pacing any more
             _add(counts, deliver_now(ids))
+            pacequeue.done(workspace_id)
             continue
+        # A look only: the Sender takes the tokens just before the requests go out.
         granted, wait = ratelimit.take_up_to(
-            workspace_id, rate=rate, burst=burst, want=len(ids), goal=goal, window=window
+            workspace_id, rate=rate, burst=burst, want=len(ids), goal=goal, window=window, dry=True
         )
         if granted == 0:
             pacequeue.give_back(workspace_id, source, ids)
+            pacequeue.done(workspace_id)
             pacequeue.schedule(workspace_id, wait)
             ratelimit.record_wait(workspace_id, wait)
             return counts
         _add(counts, _send_paid(workspace_id, source, ids, granted, burst))
+        pacequeue.done(workspace_id)
     pacequeue.schedule(workspace_id, 0)  # tokens left, but others go first
     return counts
 
 
 def _send_paid(workspace_id: int, source: str, ids: list[int], granted: int, burst: int) -> dict[str, int]:
-    """Send as many of these leads' requests as `granted` tokens pay for; the rest back to the head
-    of their list, unused tokens back to the bucket."""
+    """Send as many of these leads' requests as `granted` free tokens pay for; the rest back to the
+    head of their list; tokens the Sender took and did not use back to the bucket."""
     chunks = plan_chunks(ids)  # queued leads only; a lead with no usable webhook is deferred here
     rest = [pk for chunk in chunks[granted:] for pk in chunk.lead_ids]
     if rest:
         pacequeue.give_back(workspace_id, source, rest)
-    prepaid = Prepaid(granted)
     counts: dict[str, int] = {}
     groups: dict[int, list[Chunk]] = {}
     for chunk in chunks[:granted]:
         groups.setdefault(chunk.webhook.pk, []).append(chunk)
-    try:
-        for group in groups.values():
+    for group in groups.values():
+        prepaid = Prepaid(allowance=len(group))
+        try:
             _add(counts, deliver_group(group, prepaid))
-    finally:
-        ratelimit.refund(workspace_id, prepaid.left, burst=burst)
+        finally:
+            ratelimit.refund(workspace_id, prepaid.left, burst=burst)
     return counts

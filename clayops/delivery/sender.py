@@ -4,6 +4,7 @@ request taking the workspace's rate-limit token just before it goes out."""
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
@@ -24,10 +25,28 @@ from .transitions import S, set_claimed, unsend
 
 @dataclass
 class Prepaid:
-    """Rate-limit tokens a pump took for this group before the guards ran (clayops.pacequeue): the
-    Sender launches one request per token without waiting, and `left` is what it did not use."""
+    """A pump's allowance (clayops.delivery.pump): it saw this many rate-limit tokens free before
+    the guards ran. The Sender takes them (at most one per request) just before its first launch,
+    launches one request per token without waiting, and leaves in `left` the ones it did not use."""
 
-    left: int
+    allowance: int
+    left: int = 0
+
+
+def pace_shape(workspace) -> tuple[int, float]:
+    """The bucket's burst and the window of grants, as the Sender uses them.
+
+    Of Clay's burst, CLAYOPS_RATE_HEADROOM tokens stay unused, and so do the tokens of
+    CLAYOPS_RATE_JITTER_SECONDS at the rate (at most a quarter of the burst): a request reaches Clay
+    a little after its token was taken, and when one batch of requests is late by that much and the
+    next one is not, Clay's own bucket sees them closer together than ours did. Grants are spread
+    over the same little more than a second, so late requests still reach Clay with no one-second
+    window above the burst.
+    """
+    jitter = settings.CLAYOPS_RATE_JITTER_SECONDS
+    usable = workspace.burst - settings.CLAYOPS_RATE_HEADROOM
+    reserve = min(math.ceil(workspace.rate_limit * jitter), usable // 4) if workspace.rate_limit > 0 else 0
+    return max(1, usable - max(0, reserve)), 1.0 + jitter
 
 
 class Sender:
@@ -67,6 +86,8 @@ class Sender:
         self.per_launch = 1 if paced else self.concurrency
         self.pending = list(reversed(sends))
         self.stop: str | None = None
+        if self.prepaid is not None:
+            self._take_allowance(len(sends))
         self.in_flight: dict[Future, Send] = {}
         if self.concurrency == 1:
             self._run_inline()
@@ -76,6 +97,18 @@ class Sender:
         if self.pending:
             self._give_back(self.pending, self.stop or "stopped")
         return self.counts
+
+    def _take_allowance(self, requests: int) -> None:
+        burst, window = pace_shape(self.workspace)
+        assert self.prepaid is not None
+        self.prepaid.left, _ = ratelimit.take_up_to(
+            self.workspace.pk,
+            rate=self.workspace.rate_limit,
+            burst=burst,
+            want=min(self.prepaid.allowance, requests),
+            goal=1,
+            window=window,
+        )
 
     def _next_launch(self) -> list[Send]:
         """The requests that may go now (each having taken its rate token), marked as sent."""
@@ -140,18 +173,12 @@ class Sender:
             self.prepaid.left -= 1
             return None
         workspace = self.workspace
-        # The bucket keeps CLAYOPS_RATE_HEADROOM tokens of Clay's burst unused: a request reaches
-        # Clay a little after its token was taken, and network jitter must not turn two requests
-        # spaced exactly at the limit into a burst that Clay's own bucket answers with 429.
-        burst = max(1, workspace.burst - settings.CLAYOPS_RATE_HEADROOM)
+        burst, window = pace_shape(workspace)
         if not ratelimit.acquire_blocking(  # no Redis call when no rate limit is set
             workspace.pk,
             rate=workspace.rate_limit,
             burst=burst,
-            # Grants are spread over a little more than a second, so that requests delayed between
-            # their token and Clay (scheduling, the database write before the launch) still reach
-            # Clay with no one-second window above the burst.
-            window=1.0 + settings.CLAYOPS_RATE_JITTER_SECONDS,
+            window=window,
             n=1,
             max_wait=min(settings.CLAYOPS_RATE_WAIT_SECONDS, left),
         ):
