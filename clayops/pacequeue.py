@@ -11,7 +11,7 @@ Per workspace, in Redis:
   clayops:pace:<ws>:b:<import> one list per import (0: leads of no import), taken in turn
   clayops:pace:<ws>:rr         the imports with leads waiting, in the order of their turns
   clayops:pace:<ws>:lock       held by the workspace's running pump
-  clayops:pace:<ws>:taken      the item the pump took last, until it is done with it
+  clayops:pace:<ws>:taken      the items the running pump took, until it is done with them
 and for all workspaces:
   clayops:pace:active          the workspaces with leads waiting
   clayops:pace:due             when each workspace's pump must run next (Redis' clock)
@@ -75,7 +75,7 @@ POP = """
 local base = KEYS[1]
 local item = redis.call('LPOP', base .. ':u')
 if item then
-  redis.call('SET', base .. ':taken', base .. ':u|' .. item)
+  redis.call('RPUSH', base .. ':taken', base .. ':u|' .. item)
   return {base .. ':u', item}
 end
 local n = redis.call('LLEN', base .. ':rr')
@@ -85,7 +85,7 @@ for i = 1, n do
   item = redis.call('LPOP', list)
   if redis.call('LLEN', list) == 0 then redis.call('LREM', base .. ':rr', 0, kind) end
   if item then
-    redis.call('SET', base .. ':taken', list .. '|' .. item)
+    redis.call('RPUSH', base .. ':taken', list .. '|' .. item)
     return {list, item}
   end
 end
@@ -93,22 +93,23 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return false
 """
 
-# A pump that died while it held an item: the item goes back to the head of its list.
+# A pump that died while it held items: each goes back to the head of its list.
 RESTORE = """
 local base = KEYS[1]
-local taken = redis.call('GET', base .. ':taken')
-if not taken then return 0 end
+local taken = redis.call('LRANGE', base .. ':taken', 0, -1)
 redis.call('DEL', base .. ':taken')
-local sep = string.find(taken, '|', 1, true)
-local list = string.sub(taken, 1, sep - 1)
-redis.call('LPUSH', list, string.sub(taken, sep + 1))
 local prefix = base .. ':b:'
-if string.sub(list, 1, #prefix) == prefix then
-  local kind = string.sub(list, #prefix + 1)
-  if redis.call('LPOS', base .. ':rr', kind) == false then redis.call('LPUSH', base .. ':rr', kind) end
+for i = #taken, 1, -1 do
+  local sep = string.find(taken[i], '|', 1, true)
+  local list = string.sub(taken[i], 1, sep - 1)
+  redis.call('LPUSH', list, string.sub(taken[i], sep + 1))
+  if string.sub(list, 1, #prefix) == prefix then
+    local kind = string.sub(list, #prefix + 1)
+    if redis.call('LPOS', base .. ':rr', kind) == false then redis.call('LPUSH', base .. ':rr', kind) end
+  end
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
+if #taken > 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return #taken
 """
 
 # Put an item back at the head of the list it came from (the part of a batch the tokens did not pay
@@ -176,12 +177,12 @@ def pop(workspace_id: int, *, connection=None) -> tuple[str, list[int]] | None:
 
 
 def done(workspace_id: int, *, connection=None) -> None:
-    """The pump is done with the item it popped last (sent, or given back)."""
+    """The pump is done with the items it popped (sent, or given back)."""
     (connection or redis_connection()).delete(base(workspace_id) + ":taken")
 
 
 def restore(workspace_id: int, *, connection=None) -> bool:
-    """Put back the item a dead pump had popped and not finished (call holding the lock)."""
+    """Put back the items a dead pump had popped and not finished (call holding the lock)."""
     return bool(
         run_script(RESTORE, keys=[base(workspace_id), ACTIVE], args=[workspace_id], connection=connection)
     )
@@ -199,6 +200,12 @@ def give_back(workspace_id: int, source: str, ids: Sequence[int], *, connection=
         args=[encode(ids), kind, workspace_id],
         connection=connection,
     )
+
+
+def has_more(workspace_id: int, *, connection=None) -> bool:
+    """Whether any batch waits in the workspace's lists (a bulk list is in the turns while not empty)."""
+    conn = connection or redis_connection()
+    return bool(conn.llen(base(workspace_id) + ":u") or conn.llen(base(workspace_id) + ":rr"))
 
 
 def waiting(workspace_id: int, *, connection=None) -> int:

@@ -104,9 +104,11 @@ def _pump(workspace_id: int) -> dict[str, int]:
             _add(counts, deliver_now(ids))
             pacequeue.done(workspace_id)
             continue
-        # A look only: the Sender takes the tokens just before the requests go out.
+        # A look only: the Sender takes the tokens just before the requests go out. With more
+        # waiting than this batch, wait for the goal and fill the grant from the next batches.
+        want = burst if pacequeue.has_more(workspace_id) else len(ids)
         granted, wait = ratelimit.take_up_to(
-            workspace_id, rate=rate, burst=burst, want=len(ids), goal=goal, window=window, dry=True
+            workspace_id, rate=rate, burst=burst, want=want, goal=goal, window=window, dry=True
         )
         if granted == 0:
             pacequeue.give_back(workspace_id, source, ids)
@@ -114,22 +116,34 @@ def _pump(workspace_id: int) -> dict[str, int]:
             pacequeue.schedule(workspace_id, wait)
             ratelimit.record_wait(workspace_id, wait)
             return counts
-        _add(counts, _send_paid(workspace_id, source, ids, granted, burst))
+        _add(counts, _send_paid(workspace_id, _fill(workspace_id, source, ids, granted), burst))
         pacequeue.done(workspace_id)
     pacequeue.schedule(workspace_id, 0)  # tokens left, but others go first
     return counts
 
 
-def _send_paid(workspace_id: int, source: str, ids: list[int], granted: int, burst: int) -> dict[str, int]:
-    """Send as many of these leads' requests as `granted` free tokens pay for; the rest back to the
-    head of their list; tokens the Sender took and did not use back to the bucket."""
-    chunks = plan_chunks(ids)  # queued leads only; a lead with no usable webhook is deferred here
-    rest = [pk for chunk in chunks[granted:] for pk in chunk.lead_ids]
-    if rest:
-        pacequeue.give_back(workspace_id, source, rest)
+def _fill(workspace_id: int, source: str, ids: list[int], granted: int) -> list[int]:
+    """`granted` lead ids: this batch's, then the next batches' in turn; what is over goes back to
+    the head of the list it came from (one request per lead: in batch mode a grant may be partly
+    unused, and the unused tokens go back)."""
+    chosen = list(ids)
+    while len(chosen) < granted:
+        item = pacequeue.pop(workspace_id)
+        if item is None:
+            break
+        source, more = item
+        chosen += more
+    if len(chosen) > granted:
+        pacequeue.give_back(workspace_id, source, chosen[granted:])
+    return chosen[:granted]
+
+
+def _send_paid(workspace_id: int, ids: list[int], burst: int) -> dict[str, int]:
+    """Send these leads' requests, the Sender taking one of the free tokens per request just before
+    it launches; tokens it took and did not use go back to the bucket."""
     counts: dict[str, int] = {}
     groups: dict[int, list[Chunk]] = {}
-    for chunk in chunks[:granted]:
+    for chunk in plan_chunks(ids):  # queued leads only; a lead with no usable webhook is deferred here
         groups.setdefault(chunk.webhook.pk, []).append(chunk)
     for group in groups.values():
         prepaid = Prepaid(allowance=len(group))
