@@ -300,8 +300,8 @@ def pace_goal(*, rate: float, burst: int, window: float) -> int:
     than `burst` grants in it) must empty before the next grant. Waiting for a full bucket would
     leave tokens unused while the pump is late (a busy worker, the dispatcher's tick); taking one
     at a time would run a pump for each request. So the pump comes back when the bucket holds what
-    half-way between the window's end and a full bucket brings: at 10/s burst 19 and a 1.25 s
-    window, 15 tokens every 1.5 s, with 0.4 s of slack before a token is lost.
+    half-way between the window's end and a full bucket brings: at 10/s, a bucket of 16 and a
+    1.25 s window, 14 tokens every 1.4 s, with 0.2 s of slack before a token is lost.
     """
     burst = max(1, int(burst))
     if rate <= 0:
