@@ -34,13 +34,15 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger("clayops.ratelimit")
 
-TOKEN_BUCKET = """
+# Shared by both bucket scripts: KEYS[1] the bucket, ARGV[1] the rate, ARGV[2] the burst; reads
+# Redis' clock and refills the bucket to now.
+_BUCKET_NOW = """
 local key = KEYS[1]
 local window_key = KEYS[1] .. ':w'
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local span = tonumber(ARGV[4])
+"""
+_REFILL = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -54,7 +56,16 @@ if now > ts then
   tokens = math.min(burst, tokens + (now - ts) * rate)
   ts = now
 end
-local need = math.min(n, burst)
+"""
+
+TOKEN_BUCKET = (
+    _BUCKET_NOW
+    + """
+local n = tonumber(ARGV[3])
+local span = tonumber(ARGV[4])
+"""
+    + _REFILL
+    + """local need = math.min(n, burst)
 local wait = 0
 if tokens < need then
   wait = (need - tokens) / rate
@@ -83,6 +94,7 @@ redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.fo
 redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
 return string.format('%.6f', wait)
 """
+)
 
 HOURLY = """
 local t = redis.call('TIME')
@@ -225,29 +237,16 @@ def hourly_allow(workspace_id: int, *, cap: int | None, n: int = 1, connection=N
 # Taking tokens in bulk for a pump (clayops.pacequeue): grant every token there is, up to `want`, but
 # only once at least `goal` are there; otherwise grant nothing and say when `goal` will be. Grants
 # enter the same sliding window as above, so no window of grants ever holds more than the burst.
-TAKE_UP_TO = """
-local key = KEYS[1]
-local window_key = KEYS[1] .. ':w'
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+TAKE_UP_TO = (
+    _BUCKET_NOW
+    + """
 local want = tonumber(ARGV[3])
 local goal = math.min(tonumber(ARGV[4]), want, burst)
 local span = tonumber(ARGV[5])
 local dry = ARGV[6] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', key, 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate)
-  ts = now
-end
-redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - span)
+"""
+    + _REFILL
+    + """redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - span)
 local recent = redis.call('ZCARD', window_key)
 local avail = math.min(math.floor(tokens + 0.000001), burst - recent, want)
 local granted = 0
@@ -279,6 +278,7 @@ redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.fo
 redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {granted, string.format('%.6f', wait)}
 """
+)
 
 REFUND = """
 local key = KEYS[1]
