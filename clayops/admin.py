@@ -46,14 +46,23 @@ class AuditedAdmin(admin.ModelAdmin):
 
 @admin.register(models.CreditBudget)
 class CreditBudgetAdmin(AuditedAdmin):
-    list_display = ["name", "daily_limit", "timezone", "alert_percent", "updated_at"]
+    list_display = ["name", "daily_limit", "actions_daily_limit", "timezone", "alert_percent", "updated_at"]
 
 
 @admin.register(models.CreditUsage)
 class CreditUsageAdmin(admin.ModelAdmin):
-    list_display = ["budget", "day", "reserved", "spent", "alerted_at"]
+    list_display = ["budget", "day", "reserved", "spent", "actions_reserved", "actions_spent", "alerted_at"]
     list_filter = ["budget"]
-    readonly_fields = ["budget", "day", "reserved", "spent", "alerted_at"]
+    readonly_fields = [
+        "budget",
+        "day",
+        "reserved",
+        "spent",
+        "saved",
+        "actions_reserved",
+        "actions_spent",
+        "alerted_at",
+    ]
 
 
 @admin.register(models.Workspace)
@@ -109,6 +118,7 @@ class WebhookAdmin(AuditedAdmin):
         "masked_url",
         "masked_token",
         "credits_per_row",
+        "actions_per_row",
         "rows_sent",
         "row_cap",
         "is_active",

@@ -448,9 +448,10 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
         target = f"budget:{b.pk}"
         checked.add(target)
         row = CreditUsage.objects.filter(budget=b, day=b.day_for(now)).aggregate(
-            s=Sum("spent"), r=Sum("reserved")
+            s=Sum("spent"), r=Sum("reserved"), a=Sum("actions_spent"), ar=Sum("actions_reserved")
         )
         used = (row["s"] or Decimal(0)) + (row["r"] or Decimal(0))
+        _actions(b, (row["a"] or 0) + (row["ar"] or 0), thresholds, found, hysteresis)
         # A limit of 0 lets nothing through: every threshold is reached (not: no alert at all).
         share = used * 100 / b.daily_limit if b.daily_limit > 0 else Decimal("Infinity")
         for p in thresholds:
@@ -475,6 +476,31 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
             # It did run out: not "resolved" (budget_100 says the rest); a new day resolves it.
             hysteresis[("budget_runout", target)] = True
     return found, checked, hysteresis
+
+
+def _actions(b: CreditBudget, used: int, thresholds: list[int], found: list, hysteresis: dict) -> None:
+    """budget_actions_<p>: Clay Actions reserved or used today ≥ p % of the budget's Actions limit
+    (budgets with one), with the same thresholds and hysteresis as the credits."""
+    limit = b.actions_daily_limit
+    if limit is None:
+        return
+    target = f"budget:{b.pk}"
+    share = used * 100 / limit if limit > 0 else float("inf")
+    for p in thresholds:
+        rule = f"budget_actions_{p}"
+        if share >= p:
+            shown = f"{share:.0f} %" if limit > 0 else "a limit of 0"
+            found.append(
+                Condition(
+                    rule,
+                    target,
+                    f"Budget {b} at {p} % of today's Clay Actions",
+                    f"{b}: {used:,} of {limit:,} Clay Actions reserved or used today ({shown}).",
+                    "critical" if p >= 100 else "warning",
+                )
+            )
+        elif share >= p - 5:
+            hysteresis[(rule, target)] = True
 
 
 PACE_WINDOW = timedelta(hours=1)

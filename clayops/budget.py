@@ -32,7 +32,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import DecimalField, F, Subquery, Value
+from django.db.models import DecimalField, F, Q, Subquery, Value
 from django.db.models.functions import Round
 from django.utils import timezone
 
@@ -83,16 +83,28 @@ def remaining(budget: CreditBudget, *, now: datetime | None = None) -> Decimal:
     return budget.remaining(now)
 
 
-def _hold(usage: CreditUsage, budget: CreditBudget, total: Decimal) -> bool:
-    """reserved += total, only if reserved + spent + total stays within the limit: ONE conditional
-    UPDATE whose row count says whether it held. The limit is read in the same statement, so a limit
-    change applies at once to every worker."""
-    limit = Subquery(CreditBudget.objects.filter(pk=budget.pk).order_by().values("daily_limit")[:1])
+def _hold(usage: CreditUsage, budget: CreditBudget, total: Decimal, actions: int = 0) -> bool:
+    """reserved += total (and actions_reserved += actions), only if reserved + spent + total stays
+    within the credit limit and, where the budget has one, the Actions used stay within the Actions
+    limit: ONE conditional UPDATE whose row count says whether it held. The limits are read in the
+    same statement, so a limit change applies at once to every worker."""
+    this = CreditBudget.objects.filter(pk=budget.pk).order_by()
+    limit = Subquery(this.values("daily_limit")[:1])
+    actions_limit = Subquery(this.values("actions_daily_limit")[:1])
+    changes = {"reserved": _plus("reserved", total)}
+    fits_actions = Q()  # a row that uses no Actions is never refused by their limit
+    if actions:
+        fits_actions = Q(actions_limit__isnull=True) | Q(actions_after__lte=F("actions_limit"))
+        changes["actions_reserved"] = F("actions_reserved") + actions
     return (
         CreditUsage.objects.filter(pk=usage.pk)
-        .alias(after=Round(F("reserved") + F("spent") + Value(total, output_field=CREDITS), 2))
-        .filter(after__lte=limit)
-        .update(reserved=_plus("reserved", total))
+        .alias(
+            after=Round(F("reserved") + F("spent") + Value(total, output_field=CREDITS), 2),
+            actions_after=F("actions_reserved") + F("actions_spent") + Value(actions),
+            actions_limit=actions_limit,
+        )
+        .filter(fits_actions, after__lte=limit)
+        .update(**changes)
         == 1
     )
 
@@ -112,10 +124,12 @@ def reserve(
     budget: CreditBudget,
     amount: Decimal,
     lead=None,
+    actions: int = 0,
     now: datetime | None = None,
     ttl_seconds: int | None = None,
 ) -> CreditReservation | None:
-    """Hold `amount` credits of today's budget, or return None if that would pass the limit.
+    """Hold `amount` credits (and `actions` Clay Actions) of today's budget, or return None if that
+    would pass a limit.
 
     The reservation expires after `ttl_seconds` (default CLAYOPS_RESERVATION_TTL_SECONDS): if its
     job dies before settling or releasing it, `reap_expired` gives the credits back.
@@ -125,10 +139,15 @@ def reserve(
     ttl = settings.CLAYOPS_RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     usage = usage_for(budget, now=now)
     with transaction.atomic():
-        if not _hold(usage, budget, amount):
+        if not _hold(usage, budget, amount, actions):
             return None
         return CreditReservation.objects.create(
-            usage=usage, lead=lead, amount=amount, created_at=now, expires_at=now + timedelta(seconds=ttl)
+            usage=usage,
+            lead=lead,
+            amount=amount,
+            actions=actions,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
         )
 
 
@@ -137,10 +156,12 @@ def reserve_many(
     budget: CreditBudget,
     amount: Decimal,
     lead_ids: list[int],
+    actions: int = 0,
     now: datetime | None = None,
     ttl_seconds: int | None = None,
 ) -> dict[int, int]:
-    """Hold `amount` credits for each of `lead_ids`, as many as today's budget allows, in list order.
+    """Hold `amount` credits (and `actions` Clay Actions) for each of `lead_ids`, as many as today's
+    budget allows, in list order.
 
     Returns {lead id: reservation id} for the leads that got one (the first k of the list). The
     hold for all k is ONE conditional UPDATE of the usage row, as in reserve(); when the whole list
@@ -155,22 +176,40 @@ def reserve_many(
     expires = now + timedelta(seconds=ttl)
     while want > 0:
         with transaction.atomic():
-            if _hold(usage, budget, amount * want):
+            if _hold(usage, budget, amount * want, actions * want):
                 made = CreditReservation.objects.bulk_create(
                     CreditReservation(
-                        usage=usage, lead_id=pk, amount=amount, created_at=now, expires_at=expires
+                        usage=usage,
+                        lead_id=pk,
+                        amount=amount,
+                        actions=actions,
+                        created_at=now,
+                        expires_at=expires,
                     )
                     for pk in lead_ids[:want]
                 )
                 if want < len(lead_ids):
                     alert_check("budgets")  # the limit refused some: budget_100 now, not next tick
                 return {r.lead_id: r.pk for r in made if r.lead_id is not None}
-        if amount <= 0:
-            return {}  # spend is already past the limit: nothing fits
-        fits = int(remaining(CreditBudget.objects.get(pk=budget.pk), now=now) // amount)
-        want = min(want - 1, fits)  # always shrinks: a racing worker cannot keep us looping
+        fits = room(CreditBudget.objects.get(pk=budget.pk), amount, actions, now=now)
+        want = min(want - 1, 0 if fits is None else fits)  # free on both meters yet refused: past a limit
+        # `want` always shrinks: a racing worker cannot keep us looping
     alert_check("budgets")
     return {}
+
+
+def room(
+    budget: CreditBudget, amount: Decimal, actions: int = 0, *, now: datetime | None = None
+) -> int | None:
+    """How many rows of `amount` credits and `actions` Clay Actions each today's limits still allow;
+    None when neither meter limits them (free rows, or no Actions limit for rows that cost none)."""
+    fits = []
+    if amount > 0:
+        fits.append(int(remaining(budget, now=now) // amount))
+    left = budget.actions_remaining(now)
+    if actions > 0 and left is not None:
+        fits.append(left // actions)
+    return min(fits) if fits else None
 
 
 def _close_held(reservation_ids, *, state: str, now: datetime) -> list[int]:
@@ -185,26 +224,31 @@ def _close_held(reservation_ids, *, state: str, now: datetime) -> list[int]:
             CreditReservation.objects.select_for_update()
             .filter(pk__in=list(reservation_ids), state=R.HELD)
             .order_by("pk")
-            .values_list("pk", "usage_id", "amount")
+            .values_list("pk", "usage_id", "amount", "actions")
         )
         if not held:
             return []
         fields = {"state": state, "closed_at": now}
         if state == R.SETTLED:
             fields["charged"] = F("amount")
-        CreditReservation.objects.filter(pk__in=[pk for pk, _, _ in held], state=R.HELD).update(**fields)
-        per_usage: dict[int, Decimal] = {}
-        for _, usage_id, held_amount in held:
-            per_usage[usage_id] = per_usage.get(usage_id, Decimal("0")) + held_amount
-        for usage_id, total in per_usage.items():
+        CreditReservation.objects.filter(pk__in=[row[0] for row in held], state=R.HELD).update(**fields)
+        per_usage: dict[int, tuple[Decimal, int]] = {}
+        for _, usage_id, held_amount, held_actions in held:
+            total, actions = per_usage.get(usage_id, (Decimal("0"), 0))
+            per_usage[usage_id] = (total + held_amount, actions + held_actions)
+        for usage_id, (total, actions) in per_usage.items():
             changes = {"reserved": _plus("reserved", -total)}
+            if actions:
+                changes["actions_reserved"] = F("actions_reserved") - actions
             if state == R.SETTLED:
                 changes["spent"] = _plus("spent", total)
+                if actions:
+                    changes["actions_spent"] = F("actions_spent") + actions
             CreditUsage.objects.filter(pk=usage_id).update(**changes)
     if state == R.SETTLED:
         for usage_id in per_usage:
             check_alert(usage_id, now=now)
-    return [pk for pk, _, _ in held]
+    return [row[0] for row in held]
 
 
 def settle_many(reservation_ids, *, now: datetime | None = None) -> int:
@@ -270,16 +314,18 @@ def release_doubtful(*, now: datetime | None = None, limit: int = 1000) -> int:
             state=R.SETTLED,
             actual__isnull=True,
             lead__enriched_at__lt=cutoff,
-        ).values_list("pk", "usage_id", "charged")[:limit]
+        ).values_list("pk", "usage_id", "charged", "actions")[:limit]
     )
     released = 0
-    for pk, usage_id, charged in rows:
+    for pk, usage_id, charged, actions in rows:
         with transaction.atomic():
             if not CreditReservation.objects.filter(
                 pk=pk, doubtful=True, state=R.SETTLED, actual__isnull=True
             ).update(state=R.RELEASED, charged=None, closed_at=now):
                 continue
-            CreditUsage.objects.filter(pk=usage_id).update(spent=_plus("spent", -(charged or Decimal("0"))))
+            CreditUsage.objects.filter(pk=usage_id).update(
+                spent=_plus("spent", -(charged or Decimal("0"))), actions_spent=F("actions_spent") - actions
+            )
             released += 1
     return released
 
@@ -312,7 +358,7 @@ def settle(*, reservation_id: int, amount: Decimal | None = None, now: datetime 
     """
     now = now or timezone.now()
     with transaction.atomic():
-        row = CreditReservation.objects.filter(pk=reservation_id).values("usage_id", "amount").first()
+        row = _reservation_row(reservation_id)
         if row is None:
             return False
         charge = row["amount"] if amount is None else _credits(amount)
@@ -320,29 +366,47 @@ def settle(*, reservation_id: int, amount: Decimal | None = None, now: datetime 
         if CreditReservation.objects.filter(pk=reservation_id, state=R.HELD).update(
             state=R.SETTLED, charged=charge, closed_at=now
         ):
-            usage.update(reserved=_plus("reserved", -row["amount"]), spent=_plus("spent", charge))
+            usage.update(**_held_to_spent(row, charge))
         elif CreditReservation.objects.filter(pk=reservation_id, state=R.RELEASED).update(
             state=R.SETTLED, charged=charge
         ):
-            usage.update(spent=_plus("spent", charge))
+            usage.update(spent=_plus("spent", charge), actions_spent=F("actions_spent") + row["actions"])
         else:
             return False
     check_alert(row["usage_id"], now=now)
     return True
 
 
+def _reservation_row(reservation_id: int) -> dict | None:
+    return CreditReservation.objects.filter(pk=reservation_id).values("usage_id", "amount", "actions").first()
+
+
+def _held_to_spent(row: dict, charge: Decimal) -> dict:
+    """The usage changes of a held reservation Clay took: its hold goes, `charge` credits and its
+    Actions are spent."""
+    return {
+        "reserved": _plus("reserved", -row["amount"]),
+        "spent": _plus("spent", charge),
+        "actions_reserved": F("actions_reserved") - row["actions"],
+        "actions_spent": F("actions_spent") + row["actions"],
+    }
+
+
 def release(*, reservation_id: int, now: datetime | None = None) -> bool:
     """held → released: the credits go back to the budget. Idempotent (True only for the call that did it)."""
     now = now or timezone.now()
     with transaction.atomic():
-        row = CreditReservation.objects.filter(pk=reservation_id).values("usage_id", "amount").first()
+        row = _reservation_row(reservation_id)
         if row is None:
             return False
         if not CreditReservation.objects.filter(pk=reservation_id, state=R.HELD).update(
             state=R.RELEASED, closed_at=now
         ):
             return False
-        CreditUsage.objects.filter(pk=row["usage_id"]).update(reserved=_plus("reserved", -row["amount"]))
+        CreditUsage.objects.filter(pk=row["usage_id"]).update(
+            reserved=_plus("reserved", -row["amount"]),
+            actions_reserved=F("actions_reserved") - row["actions"],
+        )
     return True
 
 
@@ -359,14 +423,14 @@ def record_actual(*, reservation_id: int, actual: Decimal, now: datetime | None 
         # commit, so a concurrent settle() waits and then finds the state this call leaves.
         if not CreditReservation.objects.filter(pk=reservation_id, actual__isnull=True).update(actual=actual):
             return False
-        row = CreditReservation.objects.values("usage_id", "amount", "charged", "state").get(
+        row = CreditReservation.objects.values("usage_id", "amount", "actions", "charged", "state").get(
             pk=reservation_id
         )
         this = CreditReservation.objects.filter(pk=reservation_id)
         usage = CreditUsage.objects.filter(pk=row["usage_id"])
         if row["state"] == R.HELD:
             this.update(state=R.SETTLED, charged=actual, closed_at=now)
-            usage.update(reserved=_plus("reserved", -row["amount"]), spent=_plus("spent", actual))
+            usage.update(**_held_to_spent(row, actual))
         elif row["state"] == R.SETTLED:
             already = row["charged"] if row["charged"] is not None else row["amount"]
             this.update(charged=actual)
@@ -374,7 +438,7 @@ def record_actual(*, reservation_id: int, actual: Decimal, now: datetime | None 
                 usage.update(spent=_plus("spent", actual - already))
         else:  # released, but Clay enriched (and charged) the row anyway
             this.update(state=R.SETTLED, charged=actual)
-            usage.update(spent=_plus("spent", actual))
+            usage.update(spent=_plus("spent", actual), actions_spent=F("actions_spent") + row["actions"])
     check_alert(row["usage_id"], now=now)
     return True
 

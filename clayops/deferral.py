@@ -180,6 +180,7 @@ class Context:
     now: datetime
     webhooks: dict[int, Webhook] = field(default_factory=dict)
     remaining: dict[int, Decimal] = field(default_factory=dict)  # budget id → credits left today
+    actions_left: dict[int, int] = field(default_factory=dict)  # budget id → Actions left (if limited)
     usable: dict[int, Webhook] = field(default_factory=dict)  # workspace id → first usable webhook
 
     def breaker(self, webhook: Webhook) -> CircuitBreaker | None:
@@ -203,13 +204,16 @@ def load_context(webhook_ids: Iterable[int | None], *, now: datetime | None = No
     for budget in budgets.values():
         days |= Q(budget_id=budget.pk, day=budget.day_for(ctx.now))
     used = {
-        budget_id: reserved + spent
-        for budget_id, reserved, spent in CreditUsage.objects.filter(days).values_list(
-            "budget_id", "reserved", "spent"
-        )
+        budget_id: (reserved + spent, actions_reserved + actions_spent)
+        for budget_id, reserved, spent, actions_reserved, actions_spent in CreditUsage.objects.filter(
+            days
+        ).values_list("budget_id", "reserved", "spent", "actions_reserved", "actions_spent")
     }
     for pk, budget in budgets.items():
-        ctx.remaining[pk] = max(Decimal("0"), budget.daily_limit - used.get(pk, Decimal("0")))
+        credits, actions = used.get(pk, (Decimal("0"), 0))
+        ctx.remaining[pk] = max(Decimal("0"), budget.daily_limit - credits)
+        if budget.actions_daily_limit is not None:
+            ctx.actions_left[pk] = max(0, budget.actions_daily_limit - actions)
     workspace_ids = {w.workspace_id for w in ctx.webhooks.values()}
     usable = (
         Webhook.objects.filter(
@@ -434,9 +438,27 @@ def _budget(webhook: Webhook, say: _Say) -> Deferral | None:
             f"a row's {per_row:f} credits are more than the daily limit of {budget.daily_limit:f}",
         )
     if left >= per_row and (left > 0 or per_row == 0):
-        return None
+        return _actions(webhook, say)
     reset = next_reset(say.tz, now=say.now)
     return say(BUDGET, "budget used up", f"resumes at {say.at(reset, seconds=False)}", reset)
+
+
+def _actions(webhook: Webhook, say: _Say) -> Deferral | None:
+    """The budget's Clay Actions limit, where it has one: a row needs the webhook's Actions per row."""
+    budget = webhook.workspace.budget
+    left = say.ctx.actions_left.get(budget.pk)
+    per_row = webhook.actions_per_row
+    if left is None or per_row == 0 or left >= per_row:
+        return None
+    limit = budget.actions_daily_limit or 0
+    if per_row > limit:
+        return say(
+            BUDGET,
+            "Actions limit too small" if limit else "Actions limit is 0",
+            f"a row's {per_row} Actions are more than the daily Actions limit of {limit:,}",
+        )
+    reset = next_reset(say.tz, now=say.now)
+    return say(BUDGET, "Clay Actions used up", f"resumes at {say.at(reset, seconds=False)}", reset)
 
 
 def _breaker(webhook: Webhook, say: _Say) -> Deferral | None:

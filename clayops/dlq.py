@@ -20,6 +20,7 @@ from django.db.models import Count, F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from .budget import room as budget_room
 from .enqueue import enqueue_leads
 from .models import AuditEntry, CreditBudget, DeadLetter, EnrichmentCache, Lead, Webhook
 
@@ -179,62 +180,89 @@ def _filtered(*, webhook_id: int | None = None, error_class: str | None = None, 
 def drain_preview(
     *, webhook_id: int | None = None, error_class: str | None = None, now: datetime | None = None
 ) -> dict:
-    """The forecast before a drain: how many entries; how many a fresh cache entry will serve without
-    spending credits (webhooks with reuse_cached); the credits the rest need against what each budget
-    has left today; how many fit today and how many would be parked (deferred) until the budget's
-    reset, and when that is; how long at the drain rate. Reads only."""
+    """The forecast before a drain of the pending entries that match the filters (see forecast)."""
+    return forecast(_filtered(webhook_id=webhook_id, error_class=error_class), now=now)
+
+
+def forecast(entries, *, now: datetime | None = None) -> dict:
+    """The forecast before resubmitting these entries (a drain, an import's group retry): how many;
+    how many a fresh cache entry will serve without spending credits (webhooks with reuse_cached);
+    the credits and Clay Actions the rest need against what each budget has left today; how many fit
+    today and how many would be parked (deferred) until the budget's reset, and when that is; how
+    long at the drain rate. Reads only."""
     now = now or timezone.now()
-    qs = _filtered(webhook_id=webhook_id, error_class=error_class)
-    count = qs.count()
-    cached = qs.filter(
+    count = entries.count()
+    cached = entries.filter(
         webhook__reuse_cached=True,
         lead__domain__in=EnrichmentCache.objects.filter(expires_at__gt=now).values("domain"),
     )
     from_cache = cached.count()
-    paid = qs.exclude(pk__in=cached.values("pk"))
-    credits = Decimal("0")
-    budgets = []
-    default = Webhook._meta.get_field("credits_per_row").default
-    per_budget: dict[int | None, list] = {}
-    for row in paid.values("webhook__workspace__budget", "webhook__credits_per_row").annotate(n=Count("id")):
-        per_row = row["webhook__credits_per_row"] or default
-        entry = per_budget.setdefault(row["webhook__workspace__budget"], [Decimal("0"), 0, per_row])
-        entry[0] += per_row * row["n"]
-        entry[1] += row["n"]
-        entry[2] = max(entry[2], per_row)
-        credits += per_row * row["n"]
-    fits_today = 0
-    for budget in CreditBudget.objects.filter(pk__in=[pk for pk in per_budget if pk is not None]):
-        needed, n, per_row = per_budget[budget.pk]
-        left = budget.remaining(now)
-        fits = n if needed <= left else int(left // per_row) if per_row > 0 else n
-        fits_today += fits
-        local = now.astimezone(budget.tz())
-        budgets.append(
-            {
-                "name": budget.name,
-                "needed": needed,
-                "remaining": left,
-                "fits": fits,
-                "parked": n - fits,
-                "resets_at": datetime.combine(
-                    local.date() + timedelta(days=1), datetime.min.time(), tzinfo=budget.tz()
-                ),
-                "timezone": budget.timezone,
-            }
-        )
-    fits_today += per_budget.get(None, [0, 0])[1]  # no webhook: routed at send time, not counted here
+    paid = entries.exclude(pk__in=cached.values("pk"))
+    rows = paid.values(
+        "webhook__workspace__budget", "webhook__credits_per_row", "webhook__actions_per_row"
+    ).annotate(n=Count("id"))
+    budgets, fits_today, credits, actions = _budget_lines(rows, now=now)
     rate = drain_rate()
     return {
         "count": count,
         "from_cache": from_cache,
         "credits": credits,
+        "actions": actions,
         "budgets": budgets,
         "within_budget": from_cache + fits_today,
         "parked": count - from_cache - fits_today,
         "rate": rate,
         "eta_seconds": int(count / rate) if rate else None,
     }
+
+
+def _budget_lines(rows, *, now: datetime) -> tuple[list[dict], int, Decimal, int]:
+    """Per budget: credits and Actions needed against what is left today, how many rows fit and how
+    many are parked until the reset. Rows without a webhook are routed at send time: counted as fitting."""
+    default = Webhook._meta.get_field("credits_per_row").default
+    per_budget: dict[int | None, dict] = {}
+    for row in rows:
+        per_row = row["webhook__credits_per_row"] or default
+        per_action = row["webhook__actions_per_row"] or 0
+        entry = per_budget.setdefault(
+            row["webhook__workspace__budget"],
+            {"credits": Decimal("0"), "actions": 0, "n": 0, "per_row": per_row, "per_action": per_action},
+        )
+        entry["credits"] += per_row * row["n"]
+        entry["actions"] += per_action * row["n"]
+        entry["n"] += row["n"]
+        entry["per_row"] = max(entry["per_row"], per_row)
+        entry["per_action"] = max(entry["per_action"], per_action)
+    lines = []
+    fits_today = per_budget.get(None, {"n": 0})["n"]
+    for b in CreditBudget.objects.filter(pk__in=[pk for pk in per_budget if pk is not None]):
+        need = per_budget[b.pk]
+        left, actions_left = b.remaining(now), b.actions_remaining(now)
+        if need["credits"] <= left and (actions_left is None or need["actions"] <= actions_left):
+            fits = need["n"]
+        else:
+            room = budget_room(b, need["per_row"], need["per_action"], now=now)
+            fits = need["n"] if room is None else min(need["n"], room)
+        fits_today += fits
+        local = now.astimezone(b.tz())
+        lines.append(
+            {
+                "name": b.name,
+                "needed": need["credits"],
+                "remaining": left,
+                "actions_needed": need["actions"],
+                "actions_remaining": actions_left,
+                "fits": fits,
+                "parked": need["n"] - fits,
+                "resets_at": datetime.combine(
+                    local.date() + timedelta(days=1), datetime.min.time(), tzinfo=b.tz()
+                ),
+                "timezone": b.timezone,
+            }
+        )
+    credits = sum((e["credits"] for e in per_budget.values()), Decimal("0"))
+    actions = sum(e["actions"] for e in per_budget.values())
+    return lines, fits_today, credits, actions
 
 
 def _per_webhook_counts(qs):

@@ -449,23 +449,39 @@ class ClayopsCollector(Collector):
             "Credits held today for rows in flight (the budget's own day).",
             ["budget"],
         )
-        budgets = list(
-            CreditBudget.objects.order_by("pk").values_list("pk", "name", "daily_limit", "timezone")
+        actions_limit = gauge(
+            "budget_actions_limit",
+            "Daily Clay Actions limit of the budget (budgets with one).",
+            ["budget"],
         )
-        days = {pk: now.astimezone(zoneinfo.ZoneInfo(tz)).date() for pk, _, _, tz in budgets}
+        actions_used = gauge(
+            "budget_actions", "Clay Actions today: used (spent) or held (reserved).", ["budget", "state"]
+        )
+        budgets = list(
+            CreditBudget.objects.order_by("pk").values_list(
+                "pk", "name", "daily_limit", "timezone", "actions_daily_limit"
+            )
+        )
+        days = {pk: now.astimezone(zoneinfo.ZoneInfo(row[2])).date() for pk, *row in budgets}
         usage = {
-            (budget_id, day): (row_spent, row_reserved)
-            for budget_id, day, row_spent, row_reserved in CreditUsage.objects.filter(
+            (budget_id, day): rest
+            for budget_id, day, *rest in CreditUsage.objects.filter(
                 budget_id__in=list(days), day__in=set(days.values())
-            ).values_list("budget_id", "day", "spent", "reserved")
+            ).values_list("budget_id", "day", "spent", "reserved", "actions_spent", "actions_reserved")
         }
-        for pk, name, daily_limit, tz in budgets:
-            today_spent, today_reserved = usage.get((pk, days[pk]), (None, None))
+        for pk, name, daily_limit, tz, daily_actions in budgets:
+            today_spent, today_reserved, today_actions, held_actions = usage.get(
+                (pk, days[pk]), (None, None, 0, 0)
+            )
             info.add_metric([str(pk)], {"budget_name": name, "timezone": tz})
             limit.add_metric([str(pk)], _credits(daily_limit))
             spent.add_metric([str(pk)], _credits(today_spent))
             reserved.add_metric([str(pk)], _credits(today_reserved))
-        yield from (info, limit, spent, reserved)
+            if daily_actions is not None:
+                actions_limit.add_metric([str(pk)], daily_actions)
+            actions_used.add_metric([str(pk), "spent"], today_actions)
+            actions_used.add_metric([str(pk), "reserved"], held_actions)
+        yield from (info, limit, spent, reserved, actions_limit, actions_used)
 
     def _dlq_and_imports(self) -> Iterator[Metric]:
         dlq = gauge(

@@ -73,6 +73,13 @@ class CreditBudget(models.Model):
         validators=[validate_timezone],
         help_text="Time zone whose midnight starts a new budget day (use your Clay billing zone).",
     )
+    actions_daily_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Clay Actions that may be reserved and used per day (each HTTP API call Clay makes for "
+        "a row, such as the callback column, is one Action; webhook imports cost none). Empty: no "
+        "Actions limit. Checked in the same statement as the credit limit.",
+    )
     alert_percent = models.PositiveSmallIntegerField(
         default=80,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
@@ -102,6 +109,14 @@ class CreditBudget(models.Model):
         used = (usage.reserved + usage.spent) if usage is not None else Decimal("0")
         return max(Decimal("0"), self.daily_limit - used)
 
+    def actions_remaining(self, now: datetime | None = None) -> int | None:
+        """Actions that may still be reserved today (never below 0); None without an Actions limit."""
+        if self.actions_daily_limit is None:
+            return None
+        usage = CreditUsage.objects.filter(budget=self, day=self.day_for(now)).first()
+        used = (usage.actions_reserved + usage.actions_spent) if usage is not None else 0
+        return max(0, self.actions_daily_limit - used)
+
 
 class CreditUsage(models.Model):
     budget = models.ForeignKey(CreditBudget, on_delete=models.CASCADE, related_name="usage")
@@ -112,6 +127,8 @@ class CreditUsage(models.Model):
         help_text="Credits not spent: leads served from a fresh cache entry instead of a send "
         "(webhooks with reuse_cached)."
     )
+    actions_reserved = models.PositiveIntegerField(default=0, help_text="Clay Actions held by sends out now.")
+    actions_spent = models.PositiveIntegerField(default=0, help_text="Clay Actions used by rows Clay took.")
     alerted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -133,6 +150,9 @@ class CreditReservation(models.Model):
     usage = models.ForeignKey(CreditUsage, on_delete=models.CASCADE, related_name="reservations")
     lead = models.ForeignKey("Lead", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     amount = credits_field(help_text="Credits held: the estimate (the webhook's credits per row).")
+    actions = models.PositiveSmallIntegerField(
+        default=0, help_text="Clay Actions held with the credits (the webhook's Actions per row)."
+    )
     charged = credits_field(
         null=True,
         blank=True,
@@ -215,6 +235,12 @@ class Webhook(models.Model):
         validators=[MinValueValidator(Decimal("0"))],
         help_text="Credits reserved per row before it is sent (an estimate; settled to the actual "
         "figure when the callback reports one). A fully enriched lead typically costs 6-20.",
+    )
+    actions_per_row = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MaxValueValidator(100)],
+        help_text="Clay Actions each row uses: one per HTTP API call the table makes for it (the callback "
+        "column to clayops is one). Reserved with the credits against the budget's Actions limit.",
     )
     row_cap = models.PositiveIntegerField(
         default=50_000, help_text="Submissions a Clay webhook accepts in its lifetime (Clay: 50,000)."

@@ -140,11 +140,17 @@ class NewWorkspace:
     hourly_cap: int | None
     daily_limit: Decimal
     timezone: str = "UTC"
+    actions_daily_limit: int | None = None  # Clay Actions per day; None: no Actions limit
 
 
 # Model field → the Connect form's field, so that a model's validation error lands on its input.
 _FORM_FIELDS = {
-    CreditBudget: {"daily_limit": "daily_limit", "timezone": "budget_timezone", "name": "workspace_name"},
+    CreditBudget: {
+        "daily_limit": "daily_limit",
+        "actions_daily_limit": "actions_daily_limit",
+        "timezone": "budget_timezone",
+        "name": "workspace_name",
+    },
     Workspace: {
         "name": "workspace_name",
         "rate_limit": "rate_limit",
@@ -156,6 +162,7 @@ _FORM_FIELDS = {
         "url": "webhook_url",
         "token": "token",
         "credits_per_row": "credits_per_row",
+        "actions_per_row": "actions_per_row",
         "row_cap": "row_cap",
     },
 }
@@ -198,6 +205,7 @@ def connect_webhook(
     token: str = "",
     credits_per_row: Decimal,
     row_cap: int,
+    actions_per_row: int = 1,
     workspace_id: int | None = None,
     new_workspace: NewWorkspace | None = None,
     plan: str = "",
@@ -219,7 +227,13 @@ def connect_webhook(
                     raise ValidationError({"workspace": "That workspace no longer exists."})
                 workspace = found
             webhook = _create_webhook(
-                workspace, url=url, name=name, token=token, credits_per_row=credits_per_row, row_cap=row_cap
+                workspace,
+                url=url,
+                name=name,
+                token=token,
+                credits_per_row=credits_per_row,
+                actions_per_row=actions_per_row,
+                row_cap=row_cap,
             )
             AuditEntry.objects.create(
                 user=by,
@@ -246,6 +260,7 @@ def _create_workspace(new_workspace: NewWorkspace) -> Workspace:
     budget = CreditBudget(
         name=_free_budget_name(new_workspace.name),
         daily_limit=new_workspace.daily_limit,
+        actions_daily_limit=new_workspace.actions_daily_limit,
         timezone=new_workspace.timezone,
     )
     _validated(budget)
@@ -263,7 +278,14 @@ def _create_workspace(new_workspace: NewWorkspace) -> Workspace:
 
 
 def _create_webhook(
-    workspace: Workspace, *, url: str, name: str, token: str, credits_per_row: Decimal, row_cap: int
+    workspace: Workspace,
+    *,
+    url: str,
+    name: str,
+    token: str,
+    credits_per_row: Decimal,
+    actions_per_row: int,
+    row_cap: int,
 ) -> Webhook:
     same_url = Webhook.objects.filter(url=url).select_related("workspace").first()
     if same_url is not None:
@@ -279,6 +301,7 @@ def _create_webhook(
         url=url,
         token=token,
         credits_per_row=credits_per_row,
+        actions_per_row=actions_per_row,
         row_cap=row_cap,
     )
     _validated(webhook)

@@ -175,6 +175,49 @@ def _int(value: Any) -> int | None:
 
 
 @dataclass
+class ActionsGauge:
+    """Clay's second meter: Actions (one per HTTP API call Clay makes for a row), today."""
+
+    limit: int | None  # None: no Actions limit (counted, never refused)
+    spent: int
+    reserved: int
+    alert_percent: int
+
+    @property
+    def used(self) -> int:
+        return self.spent + self.reserved
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+    def _pct(self, value: int) -> float:
+        if self.limit is None:
+            return 0.0
+        return round(min(100.0, value * 100 / self.limit), 1) if self.limit > 0 else (100.0 if value else 0.0)
+
+    @property
+    def spent_percent(self) -> float:
+        return self._pct(self.spent)
+
+    @property
+    def reserved_percent(self) -> float:
+        return max(0.0, min(100.0 - self.spent_percent, self._pct(self.reserved)))
+
+    @property
+    def used_percent(self) -> float:
+        return self.spent_percent + self.reserved_percent
+
+    @property
+    def tone(self) -> str:
+        if self.limit is None:
+            return "ok"
+        if self.limit == 0 or self.used >= self.limit:
+            return "bad"
+        return "warn" if self.used_percent >= self.alert_percent else "ok"
+
+
+@dataclass
 class BudgetGauge:
     budget_id: int
     name: str
@@ -190,6 +233,7 @@ class BudgetGauge:
     exhausts_at: datetime | None
     resets_at: datetime
     timezone: str
+    actions: ActionsGauge | None = None
 
     @property
     def used_percent(self) -> float:
@@ -254,6 +298,12 @@ def budget_gauge(*, budget: CreditBudget, now: datetime | None = None) -> Budget
         exhausts_at=exhausts_at,
         resets_at=resets_at,
         timezone=budget.timezone,
+        actions=ActionsGauge(
+            limit=budget.actions_daily_limit,
+            spent=usage.actions_spent,
+            reserved=usage.actions_reserved,
+            alert_percent=budget.alert_percent,
+        ),
     )
 
 
@@ -451,6 +501,7 @@ def cards_version(cards: list[Card], nodes: Sequence[nodes_service.Node] = ()) -
                 asdict(card.health) if _is_dataclass(card.health) else repr(card.health),
                 card.sparkline,
                 [f"{v:.2f}" for v in (card.gauge.spent, card.gauge.reserved, card.gauge.limit)],
+                asdict(card.gauge.actions) if card.gauge.actions else None,
                 f"{card.gauge.burn_per_minute:.2f}",
                 card.depths,
                 card.sent_per_minute,

@@ -93,6 +93,15 @@ class ConnectForm(forms.Form):
         widget=_number_input("0.01"),
         help_text="Held before each row is sent, settled to what the callback reports. Empty: 6.",
     )
+    actions_per_row = forms.IntegerField(
+        label="Clay Actions per row",
+        required=False,
+        min_value=0,
+        max_value=100,
+        widget=_number_input(),
+        help_text="One per HTTP API call the table makes for a row: the callback column to clayops is one. "
+        "Empty: 1.",
+    )
     row_cap = forms.IntegerField(
         label="Lifetime row cap",
         required=False,
@@ -140,6 +149,15 @@ class ConnectForm(forms.Form):
         help_text=f"Credits that may be reserved and spent per day. Empty: {plans.DEFAULT_DAILY_LIMIT}, "
         f"enough for the {plans.SAMPLE_ROWS}-row sample at {plans.DEFAULT_CREDITS_PER_ROW} credits a row.",
     )
+    actions_daily_limit = forms.IntegerField(
+        label="Daily Clay Actions limit",
+        required=False,
+        min_value=0,
+        max_value=MAX_INT,
+        widget=_number_input(),
+        help_text="Actions that may be used per day, checked with the credits before each send. "
+        "Empty: no Actions limit (they are still counted).",
+    )
     budget_timezone = forms.CharField(
         label="Budget time zone",
         required=False,
@@ -161,6 +179,7 @@ class ConnectForm(forms.Form):
                     "plan": plan.key,
                     **{key: ("" if value is None else value) for key, value in plan.values().items()},
                     "credits_per_row": plans.DEFAULT_CREDITS_PER_ROW,
+                    "actions_per_row": 1,
                     "daily_limit": plans.DEFAULT_DAILY_LIMIT,
                     "budget_timezone": "UTC",
                     "workspace_name": "" if Workspace.objects.filter(name="clay").exists() else "clay",
@@ -217,6 +236,7 @@ class ConnectForm(forms.Form):
             "name": (data.get("webhook_name") or "").strip(),
             "token": data.get("token") or "",
             "credits_per_row": given("credits_per_row", plans.DEFAULT_CREDITS_PER_ROW),
+            "actions_per_row": given("actions_per_row", 1),
             "row_cap": given("row_cap", plan.row_cap),
             "plan": plan.key,
         }
@@ -230,6 +250,7 @@ class ConnectForm(forms.Form):
                 burst=given("burst", plan.burst),
                 hourly_cap=hourly or None,  # 0: no hourly cap
                 daily_limit=given("daily_limit", plans.DEFAULT_DAILY_LIMIT),
+                actions_daily_limit=data.get("actions_daily_limit"),
                 timezone=given("budget_timezone", "UTC"),
             )
         return arguments

@@ -143,7 +143,10 @@ def import_dlq_retry(request: HtmxHttpRequest, import_id: int) -> HttpResponse:
     """Retry the import's open DLQ entries through the DLQ's retry service (budget and breaker apply)."""
     if not selectors.import_exists(import_id):
         raise Http404("No such import")
-    result = manage.retry_import_dlq(import_id, by=request.user)
+    limit = None
+    if request.POST.get("scope") == "budget":  # the forecast's "within today's budget"
+        limit = manage.retry_forecast(import_id)["within_budget"]
+    result = manage.retry_import_dlq(import_id, by=request.user, limit=limit)
     messages.success(request, _group_message("retried", result))
     return _back(request, import_id)
 

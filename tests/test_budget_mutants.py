@@ -108,7 +108,7 @@ def test_it_reserves_nothing_of_zero_credits_once_spend_is_past_the_limit(hundre
 def test_it_asks_for_fewer_each_time_even_when_the_budget_seems_to_have_room(hundred, monkeypatch):
     calls = []
 
-    def never_holds(usage, budget, total):
+    def never_holds(usage, budget, total, actions=0):
         calls.append(total)
         assert len(calls) <= 10, "reserve_many kept asking"
         return False

@@ -46,7 +46,7 @@ def racer(job, ready, go, results):
     elif mode == "reserve_many":  # `attempts` is the batch size here; ids are lead ids
         for start in range(0, len(ids), attempts):
             batch = ids[start : start + attempts]
-            got = budget.reserve_many(budget=b, amount=Decimal(amount), lead_ids=batch)
+            got = budget.reserve_many(budget=b, amount=Decimal(amount), lead_ids=batch, actions=2)
             won.extend(got.values())
     elif mode.endswith("_many"):
         getattr(budget, mode)(ids)
@@ -193,3 +193,24 @@ def test_it_keeps_the_books_when_batch_settles_race_single_releases(race_budget)
     # Every reservation counted once: spent is exactly what the settled ones were charged.
     assert usage.spent == sum((charged for state, charged, _ in rows if state == "settled"), Decimal("0"))
     assert all(charged == amount for state, charged, amount in rows if state == "settled")
+
+
+def test_it_never_reserves_past_the_actions_limit_with_racing_batch_reservations(transactional_db):
+    """Credits to spare, Actions short: the Actions limit (2 per row here) is what refuses."""
+    b = make_budget(name="actions", daily_limit=Decimal("100000"), actions_daily_limit=25)
+    ids = [lead.pk for lead in make_leads(80)]
+    seen = []
+
+    def sample():
+        row = CreditUsage.objects.filter(budget=b).values_list("actions_reserved", "actions_spent").first()
+        if row:
+            seen.append(row[0] + row[1])
+            assert row[0] + row[1] <= 25
+
+    jobs = [("reserve_many", b.pk, 7, "6", ids[i * 10 : (i + 1) * 10]) for i in range(8)]
+    won = [pk for _, result in race(jobs, on_tick=sample) for pk in result]
+
+    assert len(won) == len(set(won)) == 12  # 12 rows x 2 Actions = 24 of 25: a 13th needs 26
+    usage = CreditUsage.objects.get(budget=b)
+    assert (usage.actions_reserved, usage.actions_spent, usage.reserved) == (24, 0, Decimal("72"))
+    assert seen and max(seen) <= 25

@@ -19,7 +19,7 @@ from django.utils import timezone
 from clayops import delivery, imports
 from clayops.imports import create_import, lead_fingerprint, manage, run_import
 from clayops.imports import run as import_run
-from clayops.models import AuditEntry, DeadLetter, ImportDuplicate, Lead, LeadImport
+from clayops.models import AuditEntry, DeadLetter, ImportDuplicate, Lead, LeadImport, Webhook
 from tests.factories import make_dead_letter, make_lead, make_lead_import, make_user
 
 S = Lead.State
@@ -369,10 +369,12 @@ def test_group_retry_goes_through_the_budget_so_an_exhausted_budget_defers_the_l
     other = make_dead_letter(9, webhook=webhook)  # another import's entry
     client.force_login(operator)
     page = client.get(reverse("dashboard:import_detail", args=[imp.pk])).content.decode()
-    assert "Retry 3 failed leads" in page and "Discard 3 DLQ entries" in page  # counts before acting
+    # The forecast before acting: a limit of 0 parks all three; the choice says so.
+    assert "Retry all 3 (3 parked past the budget)" in page and "Discard 3 DLQ entries" in page
+    assert "Retry 0 within today" in page
 
     with django_capture_on_commit_callbacks(execute=True):
-        r = client.post(reverse("dashboard:import_dlq_retry", args=[imp.pk]), follow=True)
+        r = client.post(reverse("dashboard:import_dlq_retry", args=[imp.pk]), {"scope": "all"}, follow=True)
 
     assert "3 retried." in r.content.decode()
     assert "No lead of this import is in the DLQ." in r.content.decode()
@@ -449,3 +451,28 @@ def test_viewers_see_the_counts_but_get_403_on_every_action(client, viewer, webh
     assert LeadImport.objects.get(pk=running.pk).state == LeadImport.State.RUNNING
     assert set(DeadLetter.objects.values_list("state", flat=True)) == {"pending"}
     assert not AuditEntry.objects.exists()
+
+
+def test_group_retry_forecast_counts_credits_and_actions_and_within_budget_retries_only_what_fits(
+    client, operator, webhook, django_capture_on_commit_callbacks
+):
+    budget = webhook.workspace.budget
+    budget.daily_limit, budget.actions_daily_limit = Decimal("1000"), 4  # credits for all, Actions for 2
+    budget.save()
+    Webhook.objects.filter(pk=webhook.pk).update(credits_per_row=Decimal("6"), actions_per_row=2)
+    imp, entries = import_with_dlq(webhook, n=5)
+    client.force_login(operator)
+
+    page = client.get(reverse("dashboard:import_detail", args=[imp.pk])).content.decode()
+
+    forecast = page.split('data-testid="import-retry-forecast"')[1].split("</ul>")[0]
+    assert "needs 30.00 credits" in forecast or "needs 30 credits" in forecast
+    assert "10 Clay Actions, 4 left today" in forecast
+    assert "<strong>2</strong> fit today" in forecast and "3 would be parked" in forecast
+    assert "Retry 2 within today" in page and "Retry all 5 (3 parked past the budget)" in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("dashboard:import_dlq_retry", args=[imp.pk]), {"scope": "budget"})
+
+    states = dict(DeadLetter.objects.filter(pk__in=[e.pk for e in entries]).values_list("pk", "state"))
+    assert [states[e.pk] for e in entries] == ["retrying", "retrying", "pending", "pending", "pending"]

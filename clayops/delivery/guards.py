@@ -147,7 +147,11 @@ def _fund(group: Group, sends: list[Send], counts: dict[str, int], *, now: datet
     wanted = [pk for send in sends for pk in send.chunk.lead_ids]
     group.reservations.update(
         budget.reserve_many(
-            budget=webhook.workspace.budget, amount=webhook.credits_per_row, lead_ids=wanted, now=now
+            budget=webhook.workspace.budget,
+            amount=webhook.credits_per_row,
+            actions=webhook.actions_per_row,
+            lead_ids=wanted,
+            now=now,
         )
     )
     unfunded = [pk for pk in wanted if pk not in group.reservations]

@@ -174,10 +174,10 @@ def _capacity(webhook: Webhook, *, now: datetime) -> int:
     if breaker_blocked_for(row, now=now) is not None:
         return 0
     cap = 10**9 if row.state == CircuitBreaker.State.CLOSED else row.half_open_max_probes
-    remaining = budget.remaining(workspace.budget, now=now)
     per_row = webhook.credits_per_row or Decimal("0")
-    if per_row > 0:
-        cap = min(cap, int(remaining // per_row))
+    fits = budget.room(workspace.budget, per_row, webhook.actions_per_row, now=now)
+    if fits is not None:
+        cap = min(cap, fits)
     return max(0, cap)
 
 

@@ -43,23 +43,35 @@ def select(*, state: str, webhook_id: int | None = None, lead_ids: Sequence[int]
 
 
 def resend_forecast(lead_ids: Sequence[int], *, now: datetime | None = None) -> dict:
-    """What resending these leads costs: leads, credits at their webhooks' estimates, and what the
-    budgets they spend from have left today."""
+    """What resending these leads costs: leads, credits and Clay Actions at their webhooks' estimates,
+    and what the budgets they spend from have left today (Actions: of the budgets with a limit)."""
     now = now or timezone.now()
     rows = (
         Lead.objects.filter(pk__in=list(lead_ids))
-        .values("webhook__credits_per_row", "webhook__workspace__budget_id")
+        .values("webhook__credits_per_row", "webhook__actions_per_row", "webhook__workspace__budget_id")
         .annotate(n=Count("id"))
     )
     default = Webhook._meta.get_field("credits_per_row").get_default()
-    credits = Decimal("0")
+    credits, actions = Decimal("0"), 0
     budgets: set[int] = set()
     for row in rows:
         credits += (row["webhook__credits_per_row"] or default) * row["n"]
+        actions += (row["webhook__actions_per_row"] or 0) * row["n"]
         if row["webhook__workspace__budget_id"]:
             budgets.add(row["webhook__workspace__budget_id"])
-    remaining = sum((b.remaining(now) for b in CreditBudget.objects.filter(pk__in=budgets)), Decimal("0"))
-    return {"count": len(lead_ids), "credits": credits, "remaining": remaining, "fits": credits <= remaining}
+    found = list(CreditBudget.objects.filter(pk__in=budgets))
+    remaining = sum((b.remaining(now) for b in found), Decimal("0"))
+    limited = [left for b in found if (left := b.actions_remaining(now)) is not None]
+    actions_left = sum(limited) if limited else None
+    fits = credits <= remaining and (actions_left is None or actions <= actions_left)
+    return {
+        "count": len(lead_ids),
+        "credits": credits,
+        "remaining": remaining,
+        "actions": actions,
+        "actions_remaining": actions_left,
+        "fits": fits,
+    }
 
 
 def wait_longer(*, lead_ids: Sequence[int], by=None, now: datetime | None = None) -> int:

@@ -96,12 +96,20 @@ def cancel_import(import_id: int, *, by: Any = None) -> CancelResult:
 
 def dlq_entry_ids(import_id: int) -> list[int]:
     """The import's open DLQ entries (pending or exhausted: those an operator may retry or discard)."""
-    qs = DeadLetter.objects.filter(lead__lead_import_id=import_id, state__in=dlq.OPEN_STATES)
-    return list(qs.order_by("pk").values_list("pk", flat=True))
+    return list(_open_entries(import_id).order_by("pk").values_list("pk", flat=True))
+
+
+def _open_entries(import_id: int):
+    return DeadLetter.objects.filter(lead__lead_import_id=import_id, state__in=dlq.OPEN_STATES)
 
 
 def open_dlq_count(import_id: int) -> int:
-    return DeadLetter.objects.filter(lead__lead_import_id=import_id, state__in=dlq.OPEN_STATES).count()
+    return _open_entries(import_id).count()
+
+
+def retry_forecast(import_id: int) -> dict:
+    """dlq.forecast of the import's open DLQ entries: what a group retry would cost and park."""
+    return dlq.forecast(_open_entries(import_id))
 
 
 @dataclass(frozen=True)
@@ -110,10 +118,11 @@ class GroupResult:
     done: int  # entries the DLQ service moved (fewer if some left the DLQ meanwhile)
 
 
-def retry_import_dlq(import_id: int, *, by: Any = None) -> GroupResult:
+def retry_import_dlq(import_id: int, *, by: Any = None, limit: int | None = None) -> GroupResult:
     """Retry every open DLQ entry of the import's leads through dlq.retry_entries (budget and breaker
-    apply to each resubmission)."""
-    return _group(import_id, by=by, action="import_dlq_retry", service=dlq.retry_entries)
+    apply to each resubmission); with `limit`, only the oldest `limit` (the forecast's "within today's
+    budget")."""
+    return _group(import_id, by=by, action="import_dlq_retry", service=dlq.retry_entries, limit=limit)
 
 
 def discard_import_dlq(import_id: int, *, by: Any = None) -> GroupResult:
@@ -121,8 +130,10 @@ def discard_import_dlq(import_id: int, *, by: Any = None) -> GroupResult:
     return _group(import_id, by=by, action="import_dlq_discard", service=dlq.discard_entries)
 
 
-def _group(import_id: int, *, by: Any, action: str, service) -> GroupResult:
+def _group(import_id: int, *, by: Any, action: str, service, limit: int | None = None) -> GroupResult:
     ids = dlq_entry_ids(import_id)
+    if limit is not None:
+        ids = ids[: max(0, limit)]
     done = 0
     for start in range(0, len(ids), DLQ_CHUNK):
         chunk: Sequence[int] = ids[start : start + DLQ_CHUNK]

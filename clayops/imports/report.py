@@ -41,6 +41,7 @@ class ImportReport:
     duplicates: DuplicatesPage
     dlq_open: int
     dlq_by_state: dict[str, int] = field(default_factory=dict)
+    dlq_forecast: dict | None = None  # dlq.forecast of the open entries, before a group retry
     max_stored_duplicates: int = MAX_STORED_DUPLICATES
 
     @property
@@ -89,4 +90,5 @@ def import_report(import_id: int, *, after: Any = None) -> ImportReport | None:
         duplicates=duplicates_page(import_id, after=after),
         dlq_open=sum(by_state.values()),
         dlq_by_state=by_state,
+        dlq_forecast=dlq.forecast(open_entries) if by_state else None,  # before a group retry
     )
