@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from clayops import alerts, budget, deferral, delivery, dlq
-from clayops.models import Alert, CreditBudget, CreditReservation, CreditUsage, Lead, Webhook
+from clayops.models import Alert, CreditBudget, CreditUsage, Lead, Webhook
 from tests.factories import make_budget, make_dead_letter, make_lead, make_leads, make_webhook, make_workspace
 
 D = Decimal
@@ -128,9 +128,7 @@ def test_a_row_needing_more_actions_than_the_limit_says_so(hook):
     Webhook.objects.filter(pk=hook.pk).update(actions_per_row=9)
     lead = make_lead(1, webhook=hook, state=S.DEFERRED, defer_reason=deferral.REASON_BUDGET)
     d = deferral.explain(lead)
-    assert d.text == (
-        "Actions limit too small: a row's 9 Actions are more than the daily Actions limit of 5"
-    )
+    assert d.text == ("Actions limit too small: a row's 9 Actions are more than the daily Actions limit of 5")
 
 
 def test_the_drain_forecast_counts_actions_and_parks_what_they_cannot_pay_for(hook):
