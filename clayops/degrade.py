@@ -3,8 +3,9 @@
 Order: Clay's own enrichment when the lead has it; else the enrichment cache by domain (filled by
 Clay's callbacks for other leads of the same company); else a local fallback guessed from the
 domain. Degraded answers are marked with their source and recorded on the lead; a deferred lead
-that was served moves to served_cache / served_fallback, which the offline queue still drains, so
-it is enriched for real once Clay is back.
+that was served moves to served_cache / served_fallback. Once Clay is back the offline queue sends
+it to Clay for real data after new work (webhooks with reenrich_served, the default), or an
+operator re-enriches it on request (clayops.delivery.resolution.reenrich).
 """
 
 from __future__ import annotations

@@ -254,6 +254,12 @@ class Webhook(models.Model):
         "sent, spending no credits. For company-level enrichment tables; leave off when each row's "
         "enrichment is about the person.",
     )
+    reenrich_served = models.BooleanField(
+        default=True,
+        help_text="Leads given a cache or fallback answer while Clay could not take them are sent to Clay "
+        "automatically once it can again (after new work, within the budget). Off: they keep their served "
+        "answer until an operator re-enriches them (Leads → state 'served from cache/fallback' → Re-enrich).",
+    )
     is_full = models.BooleanField(default=False, help_text="Row cap reached: leads go to the next webhook.")
     priority = models.PositiveSmallIntegerField(
         default=100, help_text="Lower is tried first when failing over."

@@ -582,11 +582,13 @@ def lead_detail(*, lead_id: int) -> LeadDetail | None:
 
 
 def resolve_summary(*, state: str, webhook_id: int | None = None) -> dict | None:
-    """For the leads page filtered on overdue or uncertain leads: how many, and what a resend costs."""
+    """For the leads page filtered on overdue, uncertain or served leads: how many, and what a resend
+    (or a re-enrichment) costs."""
     if state not in resolution.RESOLVABLE:
         return None
     ids = resolution.select(state=state, webhook_id=webhook_id)
-    return {"state": state, "webhook_id": webhook_id, **resolution.resend_forecast(ids)}
+    served = state in resolution.SERVED
+    return {"state": state, "webhook_id": webhook_id, "served": served, **resolution.resend_forecast(ids)}
 
 
 # --- Imports ------------------------------------------------------------------------------------

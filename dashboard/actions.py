@@ -152,13 +152,18 @@ def leads_resolve(request: HtmxHttpRequest) -> HttpResponse:
     """Overdue or uncertain leads: wait longer, resend or mark delivered; the ones checked (`ids`),
     else every lead in `state` (of `webhook`)."""
     action, state = request.POST.get("action", ""), request.POST.get("state", "")
-    if action not in resolution.ACTIONS or state not in resolution.RESOLVABLE:
+    if action not in resolution.ALLOWED.get(state, ()):
         return HttpResponse("Unknown action or state.", status=400, content_type="text/plain")
     webhook_id = parse_id(request.POST.get("webhook", ""))
     ids = _entry_ids(request)
     chosen = resolution.select(state=state, webhook_id=webhook_id, lead_ids=ids)
     n = resolution.resolve(action=action, lead_ids=chosen, by=request.user) if chosen else 0
-    verb = {"wait": "Waiting longer for", "resend": "Resending", "deliver": "Marked delivered:"}[action]
+    verb = {
+        "wait": "Waiting longer for",
+        "resend": "Resending",
+        "deliver": "Marked delivered:",
+        "reenrich": "Re-enriching",
+    }[action]
     messages.success(request, f"{verb} {n} lead{'s' if n != 1 else ''}.")
     nxt = request.POST.get("next", "")
     if nxt and url_has_allowed_host_and_scheme(nxt, {request.get_host()}):

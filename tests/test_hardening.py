@@ -186,6 +186,8 @@ def test_it_never_renders_a_webhook_secret_back_into_the_admin_and_blank_keeps_i
         "token": "",
         "callback_secret": "",
         "credits_per_row": "7",
+        "actions_per_row": 1,
+        "reenrich_served": "on",
         "row_cap": webhook.row_cap,
         "priority": webhook.priority,
         "batch_size": webhook.batch_size,

@@ -139,8 +139,11 @@ def drain_offline_step(*, now: datetime, webhook_id: int | None = None, limit: i
     webhook or workspace is paused; only the allowed number of probes when half-open; never more
     leads than today's remaining budget pays for. The leads still pass every guard when sent.
     """
-    offline = Lead.objects.filter(state__in=OFFLINE_STATES).filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    offline = (
+        Lead.objects.filter(state__in=OFFLINE_STATES)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        # Served leads only where the webhook re-enriches them by itself (see _offline_ids).
+        .filter(Q(state=S.DEFERRED) | Q(webhook__reenrich_served=True) | Q(webhook__isnull=True))
     )
     if webhook_id is not None:
         offline = offline.filter(webhook_id=webhook_id)
@@ -160,9 +163,25 @@ def drain_offline_step(*, now: datetime, webhook_id: int | None = None, limit: i
         room = min(room, _capacity(target, now=now), _pace_room(target))
         if room <= 0:
             continue
-        ids = list(offline.filter(webhook_id=hook_id).order_by("pk").values_list("pk", flat=True)[:room])
+        ids = _offline_ids(offline.filter(webhook_id=hook_id), target, room)
         drained += len(requeue(ids, from_states=OFFLINE_STATES))
     return drained
+
+
+def _offline_ids(offline, target: Webhook, room: int) -> list[int]:
+    """Up to `room` offline leads to release, oldest first: deferred leads (new work) before leads
+    already served from the cache or the fallback, which are re-enriched only once nothing else of
+    their workspace waits to be sent."""
+    ids = list(offline.filter(state=S.DEFERRED).order_by("pk").values_list("pk", flat=True)[:room])
+    if len(ids) >= room:
+        return ids
+    waiting = Lead.objects.filter(
+        webhook__workspace_id=target.workspace_id, state__in=(S.QUEUED, S.SUBMITTING, S.RETRY_WAIT)
+    )
+    if ids or waiting.exists():
+        return ids
+    served = offline.filter(state__in=(S.SERVED_CACHE, S.SERVED_FALLBACK)).order_by("pk")
+    return list(served.values_list("pk", flat=True)[:room])
 
 
 def _capacity(webhook: Webhook, *, now: datetime) -> int:

@@ -1,10 +1,13 @@
 """What an operator does with leads whose outcome clayops cannot know by itself: accepted by Clay
-but no callback by the deadline (`overdue`), or sent with no answer (`uncertain`).
+but no callback by the deadline (`overdue`), or sent with no answer (`uncertain`); and with leads
+given a degraded answer while Clay could not take them (`served_cache`, `served_fallback`).
 
   wait longer     overdue → accepted, with a new callback deadline
   resend          overdue / uncertain → queued: through every guard again, reserving its own credits
                   (an uncertain lead's first send is booked first as one Clay may have charged)
   mark delivered  overdue / uncertain → delivered (final; a late callback still enriches it)
+  re-enrich       served_cache / served_fallback → queued: sent to Clay for real data, through every
+                  guard (webhooks with reenrich_served do this by themselves after new work)
 
 Each is one conditional UPDATE on the lead's state, so a lead another worker or a late callback
 moved meanwhile is left alone, and each is written to the audit log.
@@ -24,8 +27,17 @@ from ..models import AuditEntry, CreditBudget, Lead, Webhook
 from .recovery import resend_uncertain
 from .transitions import S, requeue
 
-RESOLVABLE = (S.OVERDUE, S.UNCERTAIN)
-ACTIONS = ("wait", "resend", "deliver")
+UNKNOWN_OUTCOME = (S.OVERDUE, S.UNCERTAIN)
+SERVED = (S.SERVED_CACHE, S.SERVED_FALLBACK)
+RESOLVABLE = (*UNKNOWN_OUTCOME, *SERVED)
+ACTIONS = ("wait", "resend", "deliver", "reenrich")
+# What each action may be asked of: the page offers only these; anything else is refused (400).
+ALLOWED = {
+    S.OVERDUE: ("wait", "resend", "deliver"),
+    S.UNCERTAIN: ("resend", "deliver"),
+    S.SERVED_CACHE: ("reenrich",),
+    S.SERVED_FALLBACK: ("reenrich",),
+}
 # One operator action moves at most this many leads (the page offers it again for the rest).
 MAX_PER_ACTION = 10_000
 
@@ -100,20 +112,33 @@ def mark_delivered(*, lead_ids: Sequence[int], by=None, now: datetime | None = N
     """Clay took these rows, the operator says; no data will be waited for. An uncertain lead's
     credit hold is booked as spent (Clay charged it, by that account)."""
     now = now or timezone.now()
-    ids = list(Lead.objects.filter(pk__in=list(lead_ids), state__in=RESOLVABLE).values_list("pk", flat=True))
+    ids = list(
+        Lead.objects.filter(pk__in=list(lead_ids), state__in=UNKNOWN_OUTCOME).values_list("pk", flat=True)
+    )
     budget.settle_held_for_leads(
         Lead.objects.filter(pk__in=ids, state=S.UNCERTAIN).values_list("pk", flat=True), now=now
     )
-    moved = Lead.objects.filter(pk__in=ids, state__in=RESOLVABLE).update(
+    moved = Lead.objects.filter(pk__in=ids, state__in=UNKNOWN_OUTCOME).update(
         state=S.DELIVERED, state_changed_at=now, next_attempt_at=None, defer_reason=""
     )
     _audit("lead_mark_delivered", moved, by)
     return moved
 
 
+def reenrich(*, lead_ids: Sequence[int], by=None, now: datetime | None = None) -> int:
+    """Leads served from the cache or the fallback go to Clay for real data: back to the queue, through
+    the budget, the breaker and the rate limit like any first send. Their served answer stays on
+    the lead (the lead page shows where its data came from) until Clay's callback enriches it."""
+    ids = list(lead_ids)
+    forecast = resend_forecast(ids, now=now)
+    moved = len(requeue(ids, from_states=list(SERVED)))
+    _audit("lead_reenrich", moved, by, credits_forecast=str(forecast["credits"]))
+    return moved
+
+
 def resolve(*, action: str, lead_ids: Sequence[int], by=None) -> int:
     """The operator's choice by name (ACTIONS)."""
-    handler = {"wait": wait_longer, "resend": resend, "deliver": mark_delivered}[action]
+    handler = {"wait": wait_longer, "resend": resend, "deliver": mark_delivered, "reenrich": reenrich}[action]
     return handler(lead_ids=lead_ids, by=by)
 
 
