@@ -57,7 +57,7 @@ def test_it_shows_the_duplicates_and_retries_the_import_dlq_as_a_group(page, log
 
     expect(page.locator(".flash")).to_contain_text("2 retried.")
     expect(page.get_by_test_id("dlq-open")).to_have_text("No lead of this import is in the DLQ.")
-    assert asked and "Retry 2 failed leads" in asked[0] and "budget" in asked[0]
+    assert asked and "(2 in the DLQ)" in asked[0] and "budget" in asked[0]
     assert {DeadLetter.objects.get(pk=e.pk).state for e in entries} == {"retrying"}
     assert set(Lead.objects.filter(pk__in=[lead.pk for lead in failed]).values_list("state", flat=True)) == {
         Lead.State.QUEUED
