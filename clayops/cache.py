@@ -42,6 +42,16 @@ class ResilientRedisCache(RedisCache):
         except RedisError as exc:
             _warn(exc)
 
+    def add(self, key, value, timeout=Any, version=None) -> bool:
+        """False (not added) while Redis is unreachable: whoever wanted the key does without."""
+        try:
+            if timeout is Any:
+                return super().add(key, value, version=version)
+            return super().add(key, value, timeout, version)
+        except RedisError as exc:
+            _warn(exc)
+            return False
+
     def incr(self, key, delta=1, version=None) -> int:
         try:
             return super().incr(key, delta, version)

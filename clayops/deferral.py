@@ -27,11 +27,11 @@ from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from . import breaker as breaker_service
+from . import counts
 from .models import CircuitBreaker, CreditUsage, DeadLetter, Lead, Webhook, Workspace
 
 S = Lead.State
@@ -64,7 +64,6 @@ CLEARED = "cleared"  # what held it back is gone: the next offline drain release
 OTHER = "other"  # a reason this module does not know: shown as recorded
 
 COUNTDOWN_MAX_SECONDS = 3600  # below this the browser counts down (app.js: "12 min 5 s")
-BANNER_CACHE_SECONDS = 3  # like selectors.DEPTHS_CACHE_SECONDS: the overview polls every 2 s
 
 ERROR_WORDS = {
     "timeout": "a timeout",
@@ -538,18 +537,17 @@ def _retry_wait(facts: _Facts, webhook: Webhook | None, say: _Say) -> Deferral:
 
 def _groups(webhook_ids: list[int], *, use_cache: bool) -> list[tuple]:
     """(webhook id, state, defer_reason, error_class, count, earliest next_attempt_at) of the waiting
-    leads: one GROUP BY over the `lead_webhook_state` index, cached a few seconds like the depths."""
-    key = "clayops:deferral:groups:" + ",".join(map(str, webhook_ids))
-    rows = cache.get(key) if use_cache else None
-    if rows is None:
-        rows = list(
-            Lead.objects.filter(webhook_id__in=webhook_ids, state__in=WAITING_STATES)
-            .order_by()
-            .values_list("webhook_id", "state", "defer_reason", "error_class")
-            .annotate(n=Count("*"), first=Min("next_attempt_at"))
-        )
-        cache.set(key, rows, BANNER_CACHE_SECONDS)
-    return rows
+    leads: from the background count (clayops.counts); with use_cache=False (one card, right after an
+    operator's action on it) one GROUP BY over the `lead_webhook_state` index for these webhooks."""
+    if use_cache:
+        wanted = set(webhook_ids)
+        return [row for row in counts.snapshot()["waiting"] if row[0] in wanted and row[1] in WAITING_STATES]
+    return list(
+        Lead.objects.filter(webhook_id__in=webhook_ids, state__in=WAITING_STATES)
+        .order_by()
+        .values_list("webhook_id", "state", "defer_reason", "error_class")
+        .annotate(n=Count("*"), first=Min("next_attempt_at"))
+    )
 
 
 def banners(

@@ -7,12 +7,11 @@ figures and no multiprocess directory is needed. A scrape is a fixed number of a
 
 - webhooks with their breaker and workspace; budgets; today's usage rows; health samples of the
   window (unique index webhook, minute);
-- leads by (webhook, state): `selectors.queue_depths`, the overview's cached count over the
-  `lead_webhook_state` index (DEPTHS_CACHE_SECONDS), plus leads without a webhook, cached
-  COUNTS_CACHE_SECONDS;
+- leads by (webhook, state), with or without a webhook: the background count of clayops.counts
+  (the overview's too), read with one cache GET;
 - the oldest queued / deferred / retry_wait lead: one `ORDER BY state_changed_at LIMIT 1` seek per
   state on the `lead_state_changed` index;
-- DLQ entries by (state, error class) over `dlq_state_class`, cached COUNTS_CACHE_SECONDS;
+- DLQ entries by (state, error class): the background count as well;
 - imports by state with their row sums (one row per upload);
 - attempts (sends, outcomes, latency histogram): see `attempt_totals`. Attempts are kept for ever
   (nothing prunes them), but the table grows with every send, so a scrape only reads the attempts
@@ -52,12 +51,12 @@ from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 from . import health, selectors
+from .counts import snapshot as background_counts
 from .models import (
     Attempt,
     CircuitBreaker,
     CreditBudget,
     CreditUsage,
-    DeadLetter,
     Lead,
     LeadImport,
     Webhook,
@@ -219,32 +218,19 @@ def attempt_totals(webhook_ids: list[int], *, now: datetime) -> dict[AttemptKey,
 # --- The other figures ------------------------------------------------------------------------------
 
 
-def _cached(key: str, compute):
-    value = cache.get(key)
-    if value is None:
-        value = compute()
-        cache.set(key, value, COUNTS_CACHE_SECONDS)
-    return value
-
-
 def _unrouted_leads() -> dict[str, int]:
-    """Leads with no webhook (not routed yet, or their webhook was deleted), by state."""
-
-    def compute() -> dict[str, int]:
-        rows = (
-            Lead.objects.filter(webhook__isnull=True).order_by().values_list("state").annotate(n=Count("*"))
-        )
-        return dict(rows.values_list("state", "n"))
-
-    return _cached(UNROUTED_KEY, compute)
+    """Leads with no webhook (not routed yet, or their webhook was deleted), by state: from the
+    background count (clayops.counts)."""
+    return dict(background_counts()["depths"].get(None, {}))
 
 
 def _dlq_counts() -> list[tuple[str, str, int]]:
-    def compute() -> list[tuple[str, str, int]]:
-        rows = DeadLetter.objects.order_by().values_list("state", "error_class").annotate(n=Count("*"))
-        return [(state, error_class or NO_CLASS, n) for state, error_class, n in rows]
-
-    return _cached(DLQ_KEY, compute)
+    """DLQ entries by (state, error class), from the background count (clayops.counts)."""
+    per: dict[tuple[str, str], int] = {}
+    for state, error_class, _, n in background_counts()["dlq"]:
+        key = (state, error_class or NO_CLASS)
+        per[key] = per.get(key, 0) + n
+    return [(state, error_class, n) for (state, error_class), n in sorted(per.items())]
 
 
 def _oldest_pending(now: datetime) -> dict[str, float]:

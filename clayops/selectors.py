@@ -2,11 +2,11 @@
 
 Tables are paginated by keyset (the id, or (created_at, id) for the DLQ) and fetch `size + 1` rows
 to know whether there is a next page: no COUNT(*) of a million-row table on a page view or a poll.
-The few totals shown (queue depths, DLQ groups) are GROUP BY queries over a covering index
-(`lead_webhook_state`, `dlq_state_class`); the overview's depths are cached for DEPTHS_CACHE_SECONDS
-because the page polls every few seconds, and the DLQ's groups and state counts for
-DLQ_CACHE_SECONDS under a generation number that every DLQ change in this process bumps (so an
-operator's retry or discard shows at once; entries written by workers show within the TTL).
+The few totals shown (queue depths, deferral banners, DLQ groups and state counts) come from the
+background count of clayops.counts (one cache GET per page, whatever the size of the tables); an
+operator's DLQ action recounts the DLQ part before answering, so its effect shows at once. Only DLQ
+groups filtered by a date range are counted per request (cached DLQ_CACHE_SECONDS under a
+generation number that every DLQ change bumps).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from . import breaker as breaker_service
+from . import counts
 from . import health as health_service
 from . import nodes as nodes_service
 from .delivery import resolution
@@ -46,7 +47,6 @@ from .models import (
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-DEPTHS_CACHE_SECONDS = 3
 DLQ_CACHE_SECONDS = 5
 RECENT_EVENTS = 5
 BURN_WINDOW_MINUTES = 15
@@ -371,22 +371,26 @@ class Card:
 
 
 def queue_depths(*, webhook_ids: list[int], use_cache: bool = True) -> dict[int, dict]:
-    """{webhook id: {state: count}} over the `lead_webhook_state` index, cached a few seconds
-    (every open overview polls; the counts scan the index)."""
-    key = "clayops:overview:depths:" + ",".join(map(str, webhook_ids))
-    depths = cache.get(key) if use_cache else None
-    if depths is None:
-        depths = {pk: {} for pk in webhook_ids}
-        rows = (
-            Lead.objects.filter(webhook_id__in=webhook_ids)
-            .order_by()
-            .values_list("webhook_id", "state")
-            .annotate(n=Count("*"))
-        )
-        for webhook_id, state, n in rows:
-            depths[webhook_id][state] = n
-        cache.set(key, depths, DEPTHS_CACHE_SECONDS)
+    """{webhook id: {state: count}}: from the background count (clayops.counts), or, with
+    use_cache=False (one card, right after an operator's action on it), counted for those webhooks."""
+    if use_cache:
+        counted = counts.snapshot()["depths"]
+        return {pk: dict(counted.get(pk, {})) for pk in webhook_ids}
+    depths: dict[int, dict] = {pk: {} for pk in webhook_ids}
+    rows = (
+        Lead.objects.filter(webhook_id__in=webhook_ids)
+        .order_by()
+        .values_list("webhook_id", "state")
+        .annotate(n=Count("*"))
+    )
+    for webhook_id, state, n in rows:
+        depths[webhook_id][state] = n
     return depths
+
+
+def counted_at() -> datetime | None:
+    """When the totals the pages show were counted (clayops.counts)."""
+    return counts.snapshot().get("at")
 
 
 def _throughput(webhook_ids: list[int], *, now: datetime) -> dict[int, tuple[int, int]]:
@@ -704,8 +708,11 @@ def _dlq_cached(name: str, parts: dict, compute):
 
 
 def dlq_groups(*, filters: dict) -> list[dict]:
-    """Counts by error class for the current filters (except the error class itself), largest first."""
+    """Counts by error class for the current filters (except the error class itself), largest first:
+    from the background count (clayops.counts); with a date range, counted (cached DLQ_CACHE_SECONDS)."""
     parts = {k: filters.get(k) for k in ("state", "webhook", "since", "until")}
+    if not isinstance(filters.get("since"), date) and not isinstance(filters.get("until"), date):
+        return _dlq_groups_counted(filters)
 
     def compute() -> list[dict]:
         rows = (
@@ -720,6 +727,20 @@ def dlq_groups(*, filters: dict) -> list[dict]:
     return _dlq_cached("groups", parts, compute)
 
 
+def _dlq_groups_counted(filters: dict) -> list[dict]:
+    state = filters.get("state") or DeadLetter.State.PENDING
+    webhook_id = _pk(filters["webhook"]) if filters.get("webhook") else None
+    per_class: dict[str, int] = {}
+    for row_state, error_class, row_webhook, n in counts.snapshot()["dlq"]:
+        if state != DLQ_STATE_ANY and row_state != state:
+            continue
+        if webhook_id is not None and row_webhook != webhook_id:
+            continue
+        per_class[error_class] = per_class.get(error_class, 0) + n
+    ranked = sorted(per_class.items(), key=lambda item: (-item[1], item[0]))
+    return [{"error_class": error_class, "count": n} for error_class, n in ranked if n]
+
+
 def dlq_error_classes() -> list[str]:
     """Error classes seen in the DLQ, for the filter (a DISTINCT scan of `dlq_state_class`, cached)."""
     key = "clayops:dlq:error_classes"
@@ -731,20 +752,12 @@ def dlq_error_classes() -> list[str]:
 
 
 def dlq_state_counts() -> list[tuple[str, int]]:
-    """Entries per unfinished state (pending, exhausted, retrying): range scans of the state index."""
+    """Entries per unfinished state (pending, exhausted, retrying), from the background count."""
     open_states = [DeadLetter.State.PENDING, DeadLetter.State.EXHAUSTED, DeadLetter.State.RETRYING]
-
-    def compute() -> list[tuple[str, int]]:
-        rows = dict(
-            DeadLetter.objects.filter(state__in=open_states)
-            .order_by()
-            .values_list("state")
-            .annotate(n=Count("*"))
-            .values_list("state", "n")
-        )
-        return [(state, rows.get(state, 0)) for state in open_states]
-
-    return _dlq_cached("states", {}, compute)
+    per_state: dict[str, int] = {}
+    for state, _, _, n in counts.snapshot()["dlq"]:
+        per_state[state] = per_state.get(state, 0) + n
+    return [(state, per_state.get(state, 0)) for state in open_states]
 
 
 @dataclass

@@ -333,6 +333,9 @@ CLAYOPS_CACHE_TTL_SECONDS = envint("CLAYOPS_CACHE_TTL_SECONDS", 30 * 24 * 3600)
 # A cap on drains, leads per second; 0 (the default): the offline queue drains at the workspace's own
 # rate limit and DLQ drains and automatic retries at DLQ_DRAIN_RATE_DEFAULT.
 CLAYOPS_DRAIN_RATE = envfloat("CLAYOPS_DRAIN_RATE", 0.0)
+# How often the dashboard's totals are recounted in the background (clayops.counts), at least; a
+# big database stretches it to ten times the count's duration.
+CLAYOPS_COUNTS_SECONDS = envfloat("CLAYOPS_COUNTS_SECONDS", 3.0)
 # Leads one submission job sends at once (threads sharing the worker's connection pool).
 CLAYOPS_SEND_CONCURRENCY = envint("CLAYOPS_SEND_CONCURRENCY", 16)
 # Transient failures (5xx, timeouts, connection errors) before a lead goes to the DLQ.

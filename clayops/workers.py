@@ -60,17 +60,31 @@ class RidingWorker(SimpleWorker):
     """A SimpleWorker (jobs run in the worker process) that survives Redis going away.
 
     Beside its work loop a thread enqueues the paced workspaces' pumps as they fall due
-    (clayops.pacequeue.dispatch_due, every DISPATCH_SECONDS): RQ's scheduler keeps whole seconds."""
+    (clayops.pacequeue.dispatch_due, every DISPATCH_SECONDS): RQ's scheduler keeps whole seconds.
+    Another recounts the dashboard's totals when they are due (clayops.counts.run_refresher)."""
 
     def work(self, *args, **kwargs):
+        from clayops import counts
+
         stop = threading.Event()
-        thread = threading.Thread(target=self._dispatch_pumps, args=(stop,), name="clayops-pace", daemon=True)
-        thread.start()
+        threads = [
+            threading.Thread(target=self._dispatch_pumps, args=(stop,), name="clayops-pace", daemon=True),
+            threading.Thread(
+                target=counts.run_refresher,
+                args=(stop,),
+                kwargs={"who": self.name},
+                name="clayops-counts",
+                daemon=True,
+            ),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             return super().work(*args, **kwargs)
         finally:
             stop.set()
-            thread.join(timeout=2)
+            for thread in threads:
+                thread.join(timeout=2)
 
     def _dispatch_pumps(self, stop: threading.Event) -> None:
         from clayops import pacequeue

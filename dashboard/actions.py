@@ -12,7 +12,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_htmx.http import trigger_client_event
 
-from clayops import breaker, delivery, dlq, imports, selectors
+from clayops import breaker, counts, delivery, dlq, imports, selectors
 from clayops.converters import parse_id
 from clayops.delivery import resolution
 from clayops.models import Webhook
@@ -90,6 +90,7 @@ def _entry_ids(request: HtmxHttpRequest) -> list[int]:
 
 
 def _dlq_done(request: HtmxHttpRequest, message: str, event: str, count: int) -> HttpResponse:
+    counts.refresh_dlq()  # the page that answers shows the action's effect
     nxt = request.POST.get("next", "")
     if not request.htmx:
         messages.success(request, message)

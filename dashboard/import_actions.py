@@ -19,7 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from clayops import selectors
+from clayops import counts, selectors
 from clayops.imports import manage, report
 from clayops.imports.normalize import neutralise
 
@@ -147,6 +147,7 @@ def import_dlq_retry(request: HtmxHttpRequest, import_id: int) -> HttpResponse:
     if request.POST.get("scope") == "budget":  # the forecast's "within today's budget"
         limit = manage.retry_forecast(import_id)["within_budget"]
     result = manage.retry_import_dlq(import_id, by=request.user, limit=limit)
+    counts.refresh_dlq()
     messages.success(request, _group_message("retried", result))
     return _back(request, import_id)
 
@@ -158,5 +159,6 @@ def import_dlq_discard(request: HtmxHttpRequest, import_id: int) -> HttpResponse
     if not selectors.import_exists(import_id):
         raise Http404("No such import")
     result = manage.discard_import_dlq(import_id, by=request.user)
+    counts.refresh_dlq()
     messages.success(request, _group_message("discarded", result))
     return _back(request, import_id)

@@ -41,7 +41,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     version = selectors.cards_version(cards, nodes) + deferral.banners_version(banners)
     if request.htmx and request.GET.get("v") == version:
         return HttpResponse(status=204)  # nothing changed: htmx keeps what it shows
-    context = {"cards": cards, "nodes": nodes, "version": version}
+    context = {"cards": cards, "nodes": nodes, "version": version, "counted_at": selectors.counted_at()}
     return render_page(request, "dashboard/overview.html", "cards", context)
 
 

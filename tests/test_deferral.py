@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from django.urls import reverse
 
-from clayops import deferral
+from clayops import counts, deferral
 from clayops.models import CircuitBreaker, CreditUsage, Lead
 from tests.factories import make_budget, make_dead_letter, make_lead, make_leads, make_webhook, make_workspace
 
@@ -277,8 +277,9 @@ def test_banner_counts_the_leads_per_cause(la_webhook, settings, django_assert_m
         next_attempt_at=NOW + timedelta(seconds=45),
     )
     make_leads(4, webhook=la_webhook, state=S.ENRICHED)
+    counts.refresh_due()  # the workers' background count (clayops.counts); a page never counts itself
 
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(3):  # the context: webhooks, usage, usable webhooks
         lines = deferral.banners([la_webhook.pk], now=NOW)[la_webhook.pk]
 
     assert [line.text for line in lines] == [
