@@ -222,7 +222,7 @@ def _budget_lines(rows, *, now: datetime) -> tuple[list[dict], int, Decimal, int
     default = Webhook._meta.get_field("credits_per_row").default
     per_budget: dict[int | None, dict] = {}
     for row in rows:
-        per_row = row["webhook__credits_per_row"] or default
+        per_row = default if row["webhook__credits_per_row"] is None else row["webhook__credits_per_row"]
         per_action = row["webhook__actions_per_row"] or 0
         entry = per_budget.setdefault(
             row["webhook__workspace__budget"],
@@ -268,7 +268,10 @@ def _budget_lines(rows, *, now: datetime) -> tuple[list[dict], int, Decimal, int
 def _per_webhook_counts(qs):
     rows = qs.values("webhook__credits_per_row").annotate(n=Count("id"))
     default = Webhook._meta.get_field("credits_per_row").default
-    return [(row["webhook__credits_per_row"] or default, row["n"]) for row in rows]
+    return [
+        (default if row["webhook__credits_per_row"] is None else row["webhook__credits_per_row"], row["n"])
+        for row in rows
+    ]
 
 
 def drain(

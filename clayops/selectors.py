@@ -742,13 +742,8 @@ def _dlq_groups_counted(filters: dict) -> list[dict]:
 
 
 def dlq_error_classes() -> list[str]:
-    """Error classes seen in the DLQ, for the filter (a DISTINCT scan of `dlq_state_class`, cached)."""
-    key = "clayops:dlq:error_classes"
-    classes = cache.get(key)
-    if classes is None:
-        classes = sorted(DeadLetter.objects.order_by().values_list("error_class", flat=True).distinct()[:100])
-        cache.set(key, classes, 30)
-    return classes
+    """Error classes seen in the DLQ, for the filter: from the background count (clayops.counts)."""
+    return sorted({error_class for _, error_class, _, _ in counts.snapshot()["dlq"]})[:100]
 
 
 def dlq_state_counts() -> list[tuple[str, int]]:

@@ -89,6 +89,16 @@ def _entry_ids(request: HtmxHttpRequest) -> list[int]:
     return sorted({n for n in map(parse_id, raw) if n is not None})
 
 
+def _unreadable_scope(request: HtmxHttpRequest, webhook_id: int | None, ids: list[int]) -> str:
+    """Why the leads or the webhook asked for cannot be read ("" when they can, or none was given)."""
+    if request.POST.get("webhook", "").strip() and webhook_id is None:
+        return "The webhook must be a webhook id."
+    asked = request.POST.get("only") or any(v.strip() for v in request.POST.getlist("ids"))
+    if asked and not ids:
+        return "No valid lead id was given."
+    return ""
+
+
 def _dlq_done(request: HtmxHttpRequest, message: str, event: str, count: int) -> HttpResponse:
     counts.refresh_dlq()  # the page that answers shows the action's effect
     nxt = request.POST.get("next", "")
@@ -130,6 +140,8 @@ def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
 @operator_required
 def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
     webhook_id = parse_id(request.POST.get("webhook", ""))
+    if request.POST.get("webhook", "").strip() and webhook_id is None:  # never widen to every webhook
+        return HttpResponse("The webhook must be a webhook id.", status=400, content_type="text/plain")
     error_class = request.POST.get("error_class", "").replace("\x00", "") or None
     limit = None
     if request.POST.get("scope") == "budget":  # the forecast's "within today's budget"
@@ -157,6 +169,9 @@ def leads_resolve(request: HtmxHttpRequest) -> HttpResponse:
         return HttpResponse("Unknown action or state.", status=400, content_type="text/plain")
     webhook_id = parse_id(request.POST.get("webhook", ""))
     ids = _entry_ids(request)
+    refused = _unreadable_scope(request, webhook_id, ids)
+    if refused:  # never widen to every lead of the state because an id could not be read
+        return HttpResponse(refused, status=400, content_type="text/plain")
     chosen = resolution.select(state=state, webhook_id=webhook_id, lead_ids=ids)
     n = resolution.resolve(action=action, lead_ids=chosen, by=request.user) if chosen else 0
     verb = {

@@ -146,6 +146,9 @@ def import_dlq_retry(request: HtmxHttpRequest, import_id: int) -> HttpResponse:
     limit = None
     if request.POST.get("scope") == "budget":  # the forecast's "within today's budget"
         limit = manage.retry_forecast(import_id)["within_budget"]
+    if limit == 0 and manage.open_dlq_count(import_id):
+        messages.success(request, "None of the failed leads fits today's budget: nothing retried.")
+        return _back(request, import_id)
     result = manage.retry_import_dlq(import_id, by=request.user, limit=limit)
     counts.refresh_dlq()
     messages.success(request, _group_message("retried", result))

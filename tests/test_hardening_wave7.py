@@ -15,7 +15,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from clayops import alerts, budget
+from clayops import alerts, budget, metrics
 from clayops.models import (
     AuditEntry,
     CircuitBreaker,
@@ -364,7 +364,7 @@ def test_a_huge_actions_daily_limit_in_the_admin_is_refused_or_works_everywhere(
     alerts.evaluate()
     no_500_afterwards(as_admin)
     assert as_admin.get(reverse("admin:clayops_creditbudget_changelist")).status_code == 200
-    assert as_admin.get("/metrics").status_code in (200, 403, 404)
+    assert b"budget_actions" in metrics.exposition()  # the Prometheus exposition still renders
 
 
 WEBHOOK_BAD_ACTIONS = [*HOSTILE_NUMBERS, "101", str(2**15), "", ["1", "101"]]
@@ -937,7 +937,7 @@ def test_reenrich_moves_only_the_served_leads_of_its_state_back_to_the_queue(as_
     # Again: nothing left in that state, nothing moves, still no 500.
     again = resolve(as_operator, {"action": "reenrich", "state": "served_cache"})
     assert again.status_code == 302
-    assert AuditEntry.objects.filter(action="lead_reenrich").count() in (1, 2)
+    assert AuditEntry.objects.filter(action="lead_reenrich").count() == 1
     no_500_afterwards(as_operator)
 
 

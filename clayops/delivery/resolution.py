@@ -67,7 +67,8 @@ def resend_forecast(lead_ids: Sequence[int], *, now: datetime | None = None) -> 
     credits, actions = Decimal("0"), 0
     budgets: set[int] = set()
     for row in rows:
-        credits += (row["webhook__credits_per_row"] or default) * row["n"]
+        per_row = row["webhook__credits_per_row"]
+        credits += (default if per_row is None else per_row) * row["n"]
         actions += (row["webhook__actions_per_row"] or 0) * row["n"]
         if row["webhook__workspace__budget_id"]:
             budgets.add(row["webhook__workspace__budget_id"])
