@@ -614,7 +614,7 @@ def main() -> int:
                 explain(worst["path"], worst["htmx"], cookies)
 
             def short(r) -> str:
-                return r["page"].split(",")[0].replace(" ", "_")
+                return r["page"].split(",")[0].split(" (")[0].replace(" ", "_")
 
             def verdict(rows) -> str:
                 return "met" if not rows else "missed:" + ",".join(short(r) for r in rows)
