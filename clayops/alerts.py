@@ -442,7 +442,9 @@ def _health(now: datetime) -> tuple[list[Condition], set[str]]:
 def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
     """budget_<p>: reserved + spent today ≥ p % of the daily limit. Resolved when it is 5 points
     below again (a new day, a higher limit), so reservations coming and going do not flap it."""
-    found, checked, hysteresis = [], set(), {}
+    found: list[Condition] = []
+    checked: set[str] = set()
+    hysteresis: dict = {}
     thresholds = budget_thresholds()
     for b in CreditBudget.objects.all():
         target = f"budget:{b.pk}"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -91,7 +92,7 @@ def _hold(usage: CreditUsage, budget: CreditBudget, total: Decimal, actions: int
     this = CreditBudget.objects.filter(pk=budget.pk).order_by()
     limit = Subquery(this.values("daily_limit")[:1])
     actions_limit = Subquery(this.values("actions_daily_limit")[:1])
-    changes = {"reserved": _plus("reserved", total)}
+    changes: dict[str, Any] = {"reserved": _plus("reserved", total)}
     fits_actions = Q()  # a row that uses no Actions is never refused by their limit
     if actions:
         fits_actions = Q(actions_limit__isnull=True) | Q(actions_after__lte=F("actions_limit"))
@@ -237,7 +238,7 @@ def _close_held(reservation_ids, *, state: str, now: datetime) -> list[int]:
             total, actions = per_usage.get(usage_id, (Decimal("0"), 0))
             per_usage[usage_id] = (total + held_amount, actions + held_actions)
         for usage_id, (total, actions) in per_usage.items():
-            changes = {"reserved": _plus("reserved", -total)}
+            changes: dict[str, Any] = {"reserved": _plus("reserved", -total)}
             if actions:
                 changes["actions_reserved"] = F("actions_reserved") - actions
             if state == R.SETTLED:
@@ -377,11 +378,11 @@ def settle(*, reservation_id: int, amount: Decimal | None = None, now: datetime 
     return True
 
 
-def _reservation_row(reservation_id: int) -> dict | None:
+def _reservation_row(reservation_id: int) -> Any:
     return CreditReservation.objects.filter(pk=reservation_id).values("usage_id", "amount", "actions").first()
 
 
-def _held_to_spent(row: dict, charge: Decimal) -> dict:
+def _held_to_spent(row: Any, charge: Decimal) -> dict:
     """The usage changes of a held reservation Clay took: its hold goes, `charge` credits and its
     Actions are spent."""
     return {

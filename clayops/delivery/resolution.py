@@ -32,7 +32,7 @@ SERVED = (S.SERVED_CACHE, S.SERVED_FALLBACK)
 RESOLVABLE = (*UNKNOWN_OUTCOME, *SERVED)
 ACTIONS = ("wait", "resend", "deliver", "reenrich")
 # What each action may be asked of: the page offers only these; anything else is refused (400).
-ALLOWED = {
+ALLOWED: dict[str, tuple[str, ...]] = {
     S.OVERDUE: ("wait", "resend", "deliver"),
     S.UNCERTAIN: ("resend", "deliver"),
     S.SERVED_CACHE: ("reenrich",),
