@@ -453,24 +453,14 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
             s=Sum("spent"), r=Sum("reserved"), a=Sum("actions_spent"), ar=Sum("actions_reserved")
         )
         used = (row["s"] or Decimal(0)) + (row["r"] or Decimal(0))
-        _actions(b, (row["a"] or 0) + (row["ar"] or 0), thresholds, found, hysteresis)
-        # A limit of 0 lets nothing through: every threshold is reached (not: no alert at all).
-        share = used * 100 / b.daily_limit if b.daily_limit > 0 else Decimal("Infinity")
-        for p in thresholds:
-            rule = f"budget_{p}"
-            if share >= p:
-                found.append(
-                    Condition(
-                        rule,
-                        target,
-                        f"Budget {b} at {p} % of today's limit",
-                        f"{b}: {used} of {b.daily_limit} credits reserved or spent today "
-                        f"({f'{share:.0f} %' if share.is_finite() else 'a limit of 0'}).",
-                        "critical" if p >= 100 else "warning",
-                    )
-                )
-            elif share >= p - 5:
-                hysteresis[(rule, target)] = True
+        shown = f"{used} of {b.daily_limit} credits reserved or spent"
+        credits = _Meter("budget_", "today's limit", shown, used, b.daily_limit)
+        _shares(b, credits, thresholds, found, hysteresis)
+        if b.actions_daily_limit is not None:
+            actions = (row["a"] or 0) + (row["ar"] or 0)
+            shown = f"{actions:,} of {b.actions_daily_limit:,} Clay Actions reserved or used"
+            meter = _Meter("budget_actions_", "today's Clay Actions", shown, actions, b.actions_daily_limit)
+            _shares(b, meter, thresholds, found, hysteresis)
         runout = _runout(b, used, now=now)
         if runout is not None:
             found.append(runout)
@@ -480,24 +470,32 @@ def _budgets(now: datetime) -> tuple[list[Condition], set[str], dict]:
     return found, checked, hysteresis
 
 
-def _actions(b: CreditBudget, used: int, thresholds: list[int], found: list, hysteresis: dict) -> None:
-    """budget_actions_<p>: Clay Actions reserved or used today ≥ p % of the budget's Actions limit
-    (budgets with one), with the same thresholds and hysteresis as the credits."""
-    limit = b.actions_daily_limit
-    if limit is None:
-        return
+@dataclass(frozen=True)
+class _Meter:
+    """One of a budget's two meters (credits, Clay Actions) as its alerts name it."""
+
+    prefix: str  # the rules: <prefix><p>
+    of: str  # "today's limit"
+    shown: str  # "12 of 60 credits reserved or spent"
+    used: Decimal | int
+    limit: Decimal | int
+
+
+def _shares(b: CreditBudget, meter: _Meter, thresholds: list[int], found: list, hysteresis: dict) -> None:
+    """<prefix><p>: the meter's use today (reserved or spent) ≥ p % of its limit; within 5 points
+    below, kept open (hysteresis). A limit of 0 lets nothing through: every threshold is reached."""
     target = f"budget:{b.pk}"
-    share = used * 100 / limit if limit > 0 else float("inf")
+    share = Decimal(meter.used) * 100 / Decimal(meter.limit) if meter.limit > 0 else Decimal("Infinity")
     for p in thresholds:
-        rule = f"budget_actions_{p}"
+        rule = f"{meter.prefix}{p}"
         if share >= p:
-            shown = f"{share:.0f} %" if limit > 0 else "a limit of 0"
             found.append(
                 Condition(
                     rule,
                     target,
-                    f"Budget {b} at {p} % of today's Clay Actions",
-                    f"{b}: {used:,} of {limit:,} Clay Actions reserved or used today ({shown}).",
+                    f"Budget {b} at {p} % of {meter.of}",
+                    f"{b}: {meter.shown} today "
+                    f"({f'{share:.0f} %' if share.is_finite() else 'a limit of 0'}).",
                     "critical" if p >= 100 else "warning",
                 )
             )

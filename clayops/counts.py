@@ -112,7 +112,12 @@ def refresh_due() -> bool:
 
 def refresh_dlq() -> None:
     """Recount the DLQ part now (an operator's action, answered with the page that shows its effect)."""
-    _locked(lambda: count(("dlq",), base=cache.get(SNAPSHOT_KEY) or count()))
+
+    def recount() -> dict[str, Any]:
+        snap = cache.get(SNAPSHOT_KEY)
+        return count() if snap is None else count(("dlq",), base=snap)
+
+    _locked(recount)
 
 
 def run_refresher(stop: threading.Event, *, who: str = "") -> None:

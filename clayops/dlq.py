@@ -219,10 +219,9 @@ def forecast(entries, *, now: datetime | None = None) -> dict:
 def _budget_lines(rows, *, now: datetime) -> tuple[list[dict], int, Decimal, int]:
     """Per budget: credits and Actions needed against what is left today, how many rows fit and how
     many are parked until the reset. Rows without a webhook are routed at send time: counted as fitting."""
-    default = Webhook._meta.get_field("credits_per_row").default
     per_budget: dict[int | None, dict] = {}
     for row in rows:
-        per_row = default if row["webhook__credits_per_row"] is None else row["webhook__credits_per_row"]
+        per_row = Webhook.estimate(row["webhook__credits_per_row"])
         per_action = row["webhook__actions_per_row"] or 0
         entry = per_budget.setdefault(
             row["webhook__workspace__budget"],
@@ -267,11 +266,7 @@ def _budget_lines(rows, *, now: datetime) -> tuple[list[dict], int, Decimal, int
 
 def _per_webhook_counts(qs):
     rows = qs.values("webhook__credits_per_row").annotate(n=Count("id"))
-    default = Webhook._meta.get_field("credits_per_row").default
-    return [
-        (default if row["webhook__credits_per_row"] is None else row["webhook__credits_per_row"], row["n"])
-        for row in rows
-    ]
+    return [(Webhook.estimate(row["webhook__credits_per_row"]), row["n"]) for row in rows]
 
 
 def drain(

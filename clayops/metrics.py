@@ -64,9 +64,6 @@ from .models import (
 from .retry import ErrorClass
 
 PREFIX = "clayops_"
-COUNTS_CACHE_SECONDS = 5
-UNROUTED_KEY = "clayops:metrics:unrouted_leads"
-DLQ_KEY = "clayops:metrics:dlq"
 NO_WEBHOOK = "none"
 NO_CLASS = "none"
 
@@ -448,7 +445,7 @@ class ClayopsCollector(Collector):
                 "pk", "name", "daily_limit", "timezone", "actions_daily_limit"
             )
         )
-        days = {pk: now.astimezone(zoneinfo.ZoneInfo(row[2])).date() for pk, *row in budgets}
+        days = {pk: now.astimezone(zoneinfo.ZoneInfo(tz)).date() for pk, _, _, tz, _ in budgets}
         usage = {
             (budget_id, day): rest
             for budget_id, day, *rest in CreditUsage.objects.filter(

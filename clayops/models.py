@@ -214,6 +214,9 @@ class Workspace(models.Model):
             )
 
 
+DEFAULT_CREDITS_PER_ROW = Decimal("6")
+
+
 class Webhook(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.PROTECT, related_name="webhooks")
     name = models.CharField(max_length=100)
@@ -231,7 +234,7 @@ class Webhook(models.Model):
         help_text="Shared secret Clay's HTTP API column must send back in the callback header.",
     )
     credits_per_row = credits_field(
-        default=Decimal("6"),
+        default=DEFAULT_CREDITS_PER_ROW,
         validators=[MinValueValidator(Decimal("0"))],
         help_text="Credits reserved per row before it is sent (an estimate; settled to the actual "
         "figure when the callback reports one). A fully enriched lead typically costs 6-20.",
@@ -287,6 +290,12 @@ class Webhook(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def estimate(cls, credits_per_row: Decimal | None) -> Decimal:
+        """A webhook's credits per row as read through a join: None (no webhook) is the default
+        estimate; 0 (a free table) stays 0."""
+        return DEFAULT_CREDITS_PER_ROW if credits_per_row is None else credits_per_row
 
     @property
     def masked_url(self) -> str:

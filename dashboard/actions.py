@@ -89,9 +89,14 @@ def _entry_ids(request: HtmxHttpRequest) -> list[int]:
     return sorted({n for n in map(parse_id, raw) if n is not None})
 
 
+def _unreadable_webhook(request: HtmxHttpRequest, webhook_id: int | None) -> bool:
+    """A webhook was asked for but is no webhook id (never read as "every webhook")."""
+    return bool(request.POST.get("webhook", "").strip()) and webhook_id is None
+
+
 def _unreadable_scope(request: HtmxHttpRequest, webhook_id: int | None, ids: list[int]) -> str:
     """Why the leads or the webhook asked for cannot be read ("" when they can, or none was given)."""
-    if request.POST.get("webhook", "").strip() and webhook_id is None:
+    if _unreadable_webhook(request, webhook_id):
         return "The webhook must be a webhook id."
     asked = request.POST.get("only") or any(v.strip() for v in request.POST.getlist("ids"))
     if asked and not ids:
@@ -140,7 +145,7 @@ def dlq_discard(request: HtmxHttpRequest) -> HttpResponse:
 @operator_required
 def dlq_drain(request: HtmxHttpRequest) -> HttpResponse:
     webhook_id = parse_id(request.POST.get("webhook", ""))
-    if request.POST.get("webhook", "").strip() and webhook_id is None:  # never widen to every webhook
+    if _unreadable_webhook(request, webhook_id):  # never widen to every webhook
         return HttpResponse("The webhook must be a webhook id.", status=400, content_type="text/plain")
     error_class = request.POST.get("error_class", "").replace("\x00", "") or None
     limit = None

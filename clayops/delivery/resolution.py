@@ -63,12 +63,10 @@ def resend_forecast(lead_ids: Sequence[int], *, now: datetime | None = None) -> 
         .values("webhook__credits_per_row", "webhook__actions_per_row", "webhook__workspace__budget_id")
         .annotate(n=Count("id"))
     )
-    default = Webhook._meta.get_field("credits_per_row").get_default()
     credits, actions = Decimal("0"), 0
     budgets: set[int] = set()
     for row in rows:
-        per_row = row["webhook__credits_per_row"]
-        credits += (default if per_row is None else per_row) * row["n"]
+        credits += Webhook.estimate(row["webhook__credits_per_row"]) * row["n"]
         actions += (row["webhook__actions_per_row"] or 0) * row["n"]
         if row["webhook__workspace__budget_id"]:
             budgets.add(row["webhook__workspace__budget_id"])
