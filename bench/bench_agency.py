@@ -11,8 +11,9 @@ Scenarios
   N leads (default 2,000), each webhook on its own simulator that enforces that workspace's limit
   both ways at once (a token bucket of 10/s burst 20 and a fixed one-second window of 20: either
   refusing is a 429), 50 ms latency. 4 RQ workers (`RidingWorker`, queues maintenance urgent submit)
-  and the cron. The backlogs are enqueued one workspace after the other (as W imports would be).
-  Measured from the first enqueue: the aggregate rate (all leads / time to the last acceptance)
+  and the cron. The backlogs are handed over one workspace after the other, as W imports hand over
+  the batches they write (clayops.delivery.hand_over: to each paced workspace's pump lists).
+  Measured from the first hand-over: the aggregate rate (all leads / time to the last acceptance)
   against 95 % of W x 10/s; each workspace's rate (its leads / time to its last acceptance) against
   90 % of 10/s (the minimum is reported); 429s; the busiest sliding one-second window of arrivals at
   each simulator against the burst.
@@ -33,7 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_delivery import busiest_sliding_second, enqueue, make_leads  # noqa: E402
+from bench_delivery import busiest_sliding_second, make_leads  # noqa: E402
 from common import MANAGE, Bench, BrokenRun, machine  # noqa: E402
 
 RATE, BURST = 10.0, 20
@@ -53,6 +54,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--database-url", default="", help="default: $DATABASE_URL, else SQLite in a temp dir")
     p.add_argument("--keep", action="store_true")
     return p.parse_args()
+
+
+def hand_over(ids: list[int], urgent: bool = False) -> None:
+    """What an import does with each batch it has written (clayops.imports.run): a paced
+    workspace's leads to its pump's lists, the pump due now."""
+    from django.conf import settings
+
+    from clayops.delivery import hand_over as import_hand_over
+
+    size = settings.CLAYOPS_IMPORT_BATCH_ROWS  # the import's batches
+    for start in range(0, len(ids), size):
+        import_hand_over(ids[start : start + size], urgent=urgent)
 
 
 def simulator(latency_ms: float):
@@ -119,7 +132,7 @@ def run_agency(args, bench) -> tuple[str, bool]:
         try:
             t0 = time.time()
             for ids in ids_by:  # one workspace after the other, as W imports would be
-                enqueue(ids, 50)
+                hand_over(ids)
             expected = n / RATE + 60
             wait_accepted([(s, n) for s in sims], procs, timeout=expected * 3, t0=t0, label="agency")
         finally:
@@ -164,7 +177,6 @@ def run_agency(args, bench) -> tuple[str, bool]:
 
 def urgent_time(bench, sim, webhook, n: int, t_start: float, procs) -> float:
     """Enqueue an urgent import of n leads now; seconds until its last lead is accepted."""
-    from clayops.enqueue import enqueue_leads
     from clayops.models import Lead, LeadImport
 
     imp = LeadImport.objects.create(filename="urgent.csv", webhook=webhook, urgent=True, state="done")
@@ -173,7 +185,7 @@ def urgent_time(bench, sim, webhook, n: int, t_start: float, procs) -> float:
     ids = sorted(set(Lead.objects.filter(webhook=webhook).values_list("pk", flat=True)) - before)
     Lead.objects.filter(pk__in=ids).update(lead_import=imp)
     started = time.time()
-    enqueue_leads(ids, urgent=True)
+    hand_over(ids, urgent=True)
     deadline = started + 600
     while time.time() < deadline:
         if Lead.objects.filter(pk__in=ids, state=Lead.State.ACCEPTED).count() == n:
@@ -202,7 +214,7 @@ def run_fairness(args, bench) -> tuple[str, bool]:
             from clayops.models import Lead
 
             Lead.objects.filter(pk__in=ids).update(lead_import=bulk)
-            enqueue(ids, 50)
+            hand_over(ids)
             time.sleep(20)
             busy_before = busy_sim.stats()["rows_accepted"]
             contended = urgent_time(bench, busy_sim, busy_hook, args.urgent, time.time(), procs)

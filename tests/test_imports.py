@@ -637,3 +637,52 @@ def test_an_upload_while_redis_is_down_is_kept_and_enqueued_by_the_tick(
 
     assert requeue_stale_imports() == 1
     assert run_import(imp.pk).valid_rows == 1
+
+
+def test_a_paced_workspaces_import_goes_straight_to_its_pump_without_a_job(
+    settings, webhook, django_capture_on_commit_callbacks
+):
+    # 25 imports queued one after the other must not wait behind each other's jobs: a paced
+    # workspace's batch goes to its pump's lists at once, the pump due now (issue 15).
+    from clayops import pacequeue
+
+    settings.CLAYOPS_BATCH_SIZE = 2
+    webhook.workspace.rate_limit = 10
+    webhook.workspace.save()
+    with django_capture_on_commit_callbacks() as callbacks:
+        imp = run("email\na@acme.com\nb@acme.com\nc@acme.com\n")
+    assert pacequeue.waiting(webhook.workspace_id) == 0  # nothing before the transaction commits
+    for callback in callbacks:
+        callback()
+    assert submit_jobs() == []
+    assert pacequeue.waiting(webhook.workspace_id) == 3
+    assert pacequeue.take_due() == [webhook.workspace_id]
+    popped = [pacequeue.pop(webhook.workspace_id)[1] for _ in range(2)]
+    new = dict(imp.leads.values_list("email", "pk"))
+    assert popped == [[new["a@acme.com"], new["b@acme.com"]], [new["c@acme.com"]]]  # file order, in batches
+
+
+def test_a_paced_workspaces_leads_stay_queued_for_the_orphan_reaper_when_redis_refuses_them(
+    settings, webhook, monkeypatch, django_capture_on_commit_callbacks
+):
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from clayops import delivery, pacequeue
+
+    webhook.workspace.rate_limit = 10
+    webhook.workspace.save()
+    refused = []
+
+    def refuse(*args, **kwargs):
+        refused.append(args)
+        raise RedisDown("down")
+
+    monkeypatch.setattr(pacequeue, "push", refuse)
+    with django_capture_on_commit_callbacks(execute=True):
+        imp = run("email\na@acme.com\n")
+    assert refused and imp.leads.get().state == Lead.State.QUEUED
+    monkeypatch.undo()
+    settings.CLAYOPS_ORPHAN_SECONDS = 0
+    with django_capture_on_commit_callbacks(execute=True):
+        assert delivery.requeue_orphans(now=timezone.now() + timedelta(seconds=1)) == 1
+    assert submit_jobs() == [[imp.leads.get().pk]]

@@ -152,6 +152,32 @@ def test_a_job_sends_what_the_tokens_pay_for_and_the_pump_sends_the_rest_at_the_
     assert seen[-1] - seen[0] >= 1.2
 
 
+def _statements(ids) -> tuple[int, dict]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        counts = delivery.submit_batch(ids)
+    return len(captured.captured_queries), counts
+
+
+@respx.mock
+def test_a_pumps_requests_go_out_together_and_their_answers_are_written_together(webhook, settings):
+    # With many workspaces paced on few workers, what a pump writes per lead is what limits the
+    # aggregate: its requests are marked sent in one statement and their answers applied in one set
+    # of statements, so a run of 10 costs what a run of 1 does.
+    settings.CLAYOPS_SEND_CONCURRENCY = 16
+    respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    paced(webhook, rate=10, burst=14)  # 10 usable: one of headroom, three against jitter
+    one, counts_one = _statements([lead.pk for lead in make_leads(1, webhook=webhook)])
+    assert counts_one == {"paced": 1, "accepted": 1}
+    redis = django_rq.get_connection("default")  # the bucket full again for the second run
+    redis.delete(f"clayops:rate:{webhook.workspace_id}", f"clayops:rate:{webhook.workspace_id}:w")
+    ten, counts_ten = _statements([lead.pk for lead in make_leads(10, webhook=webhook)])
+    assert counts_ten == {"paced": 10, "accepted": 10}
+    assert ten <= one + 2, (one, ten)
+
+
 @respx.mock
 def test_urgent_leads_handed_over_later_go_before_the_waiting_bulk(webhook):
     paced(webhook, rate=10, burst=4)  # 3 usable: goal 3

@@ -28,7 +28,7 @@ Modules, each importing only those listed before it:
 """
 
 from .guards import deliver_group
-from .pump import run_pump, submit_batch
+from .pump import hand_over, run_pump, submit_batch
 from .recovery import (
     drain_offline,
     drain_offline_step,
@@ -50,6 +50,7 @@ __all__ = [
     "deliver_group",
     "drain_offline",
     "drain_offline_step",
+    "hand_over",
     "mark_overdue",
     "plan_chunks",
     "run_pump",

@@ -11,9 +11,16 @@ workspace could send.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import transaction
+from redis.exceptions import RedisError
 
 from .. import pacequeue, ratelimit
+from ..enqueue import enqueue_leads
 from ..models import Lead, Workspace
 from .guards import _add, deliver_group
 from .routing import Chunk, plan_chunks
@@ -21,6 +28,45 @@ from .sender import Prepaid, pace_shape
 from .transitions import S
 
 SLICE_SECONDS = 1.0  # a pump that still has tokens after this goes to the back of the queue
+
+log = logging.getLogger("clayops.delivery")
+
+
+def hand_over(lead_ids: Iterable[int], *, urgent: bool = False) -> int:
+    """Queue these leads for sending (an import's batch): a paced workspace's go straight to its
+    lists, its pump due now; the rest as submission jobs (on the urgent queue if `urgent`).
+
+    No job hop for the paced ones: 25 imports queued one after the other would otherwise be handed
+    to their pumps one job of CLAYOPS_BATCH_SIZE at a time, behind the pumps on the workers' queues,
+    and the last workspace would start seconds after the first. After the surrounding transaction
+    commits. Returns how many went to the pumps; if Redis refuses them they stay queued in the
+    database and the orphan reaper gives them a job."""
+    ids = list(lead_ids)
+    paced, direct = _split_paced(ids)
+    size = max(1, settings.CLAYOPS_BATCH_SIZE)
+    lists = {
+        ws: {
+            kind: [part[i : i + size] for part in items for i in range(0, len(part), size)]
+            for kind, items in batches.items()
+        }
+        for ws, batches in paced.items()
+    }
+
+    def push() -> None:
+        for workspace_id, batches in lists.items():
+            try:
+                pacequeue.push(workspace_id, batches)
+                pacequeue.schedule(workspace_id, 0)
+            except RedisError:
+                log.warning(
+                    "could not hand leads to the pump of workspace %s; the orphan reaper will", workspace_id
+                )
+
+    if lists:
+        transaction.on_commit(push)
+    if direct:
+        enqueue_leads(direct, urgent=urgent)
+    return sum(len(ids) for batches in paced.values() for items in batches.values() for ids in items)
 
 
 def submit_batch(lead_ids: list[int]) -> dict[str, int]:

@@ -62,6 +62,7 @@ class Sender:
     """
 
     RECHECK_SECONDS = 0.5
+    GATHER_SECONDS = 0.02
 
     def __init__(self, group: Group, rows: dict[int, dict], prepaid: Prepaid | None = None):
         self.prepaid = prepaid
@@ -81,9 +82,11 @@ class Sender:
 
     def run(self, sends: list[Send]) -> dict[str, int]:
         self.concurrency = max(1, settings.CLAYOPS_SEND_CONCURRENCY)
-        # Paced (a rate limit is set): one launch per token, so the tokens' spacing is the sends'.
+        # Paced (a rate limit is set): one launch per token, so the tokens' spacing is the sends'. A
+        # pump's tokens were all granted at once (Prepaid): its requests go out together, marked sent
+        # in one statement.
         paced = self.workspace.rate_limit and self.workspace.rate_limit > 0
-        self.per_launch = 1 if paced else self.concurrency
+        self.per_launch = 1 if paced and self.prepaid is None else self.concurrency
         self.pending = list(reversed(sends))
         self.stop: str | None = None
         if self.prepaid is not None:
@@ -149,6 +152,11 @@ class Sender:
                 continue
             more = self.stop is None and self.pending and len(self.in_flight) < self.concurrency
             done, _ = wait_for(self.in_flight, timeout=0 if more else None, return_when=FIRST_COMPLETED)
+            if done and len(done) < len(self.in_flight) and (self.stop is not None or not self.pending):
+                # Nothing left to launch: the others went out at about the same time, so their
+                # answers are written with these (one set of statements, not one per answer).
+                rest = [future for future in self.in_flight if future not in done]
+                done |= wait_for(rest, timeout=self.GATHER_SECONDS)[0]
             finished = []
             for future in done:
                 send = self.in_flight.pop(future)

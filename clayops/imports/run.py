@@ -18,7 +18,8 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..enqueue import alert_check, enqueue_import, enqueue_leads, import_job_id
+from ..delivery import hand_over
+from ..enqueue import alert_check, enqueue_import, import_job_id
 from ..models import ImportDuplicate, ImportRowError, Lead, LeadImport
 from .normalize import (
     ALIAS_TO_FIELD,
@@ -419,8 +420,9 @@ class _ImportRun:
         self.errors = []
         self.unflushed = 0
         if new_ids:
-            # After the commit above; inside an outer transaction django-rq defers it to that commit.
-            enqueue_leads((pk for _, pk in sorted(new_ids)), urgent=self.imp.urgent)  # in file order
+            # After the commit above; inside an outer transaction, at that commit. A paced workspace's
+            # leads go straight to its pump's lists, the others as submission jobs.
+            hand_over((pk for _, pk in sorted(new_ids)), urgent=self.imp.urgent)  # in file order
 
     def _duplicate(
         self, into: list[ImportDuplicate], line: int, email: str, domain: str, original_id: int | None
