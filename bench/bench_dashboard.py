@@ -5,10 +5,11 @@
     .venv/bin/python bench/bench_dashboard.py --quick          # 100,000 leads / 20,000 DLQ entries, SQLite
     .venv/bin/python bench/bench_dashboard.py --leads 1000000 --dlq 200000 --explain
 
-Server: by default Django's threaded WSGI server (the one runserver uses) started as a child of
-this script with TCP_NODELAY on its connections; --server runserver uses `manage.py runserver
---noreload` as is, whose responses go out in two writes and so pay a ~40 ms Nagle/delayed-ACK floor
-per keep-alive request (the /healthz line shows the floor).
+Server: by default gunicorn as `manage.py up` runs it in production (2 processes x 4 threads);
+--server wsgi: Django's threaded WSGI server (the one runserver uses, one process) started as a
+child of this script with TCP_NODELAY on its connections; --server runserver uses `manage.py
+runserver --noreload` as is, whose responses go out in two writes and so pay a ~40 ms
+Nagle/delayed-ACK floor per keep-alive request (the /healthz line shows the floor).
 
 Seeds (fast: COPY on PostgreSQL then VACUUM ANALYZE; executemany in batches of 10,000 on SQLite then ANALYZE) N leads
 (default 1,000,000) over 4 webhooks of 2 workspaces, spread over 30 days and over every state;
@@ -82,12 +83,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--requests", type=int, default=None, help="requests per page with 1 client (100)")
     p.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the slowest page's queries")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of measuring, render each page N times in this process, cold, under cProfile",
+    )
     p.add_argument("--database-url", default="", help="default: $DATABASE_URL, else SQLite in a temp dir")
     p.add_argument(
         "--server",
-        choices=["wsgi", "runserver"],
-        default="wsgi",
-        help="wsgi (default): Django's threaded WSGI server with TCP_NODELAY; runserver: "
+        choices=["gunicorn", "wsgi", "runserver"],
+        default="gunicorn",
+        help="gunicorn (default): the production server as `manage.py up` runs it (2 processes x 4 "
+        "threads); wsgi: Django's threaded WSGI server (one process) with TCP_NODELAY; runserver: "
         "manage.py runserver --noreload (adds a ~40 ms Nagle/delayed-ACK floor per request)",
     )
     p.add_argument(
@@ -470,6 +479,80 @@ def explain(path: str, htmx: bool, cookies: dict) -> None:
                 print("   ", " | ".join(str(x) for x in row))
 
 
+def profile(path: str, htmx: bool, cookies: dict, n: int) -> None:
+    """Render the page n times in this process, each right after the caches expired, under cProfile:
+    its queries (count and time) and the functions that take the most time, ours and Django's."""
+    import cProfile
+    import io
+    import pstats
+
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client()
+    client.cookies["sessionid"] = cookies["sessionid"]
+    extra = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    extra["HTTP_HOST"] = "127.0.0.1"
+    client.get(path, **extra)  # imports, template compilation: once per process
+    plain = []
+    for _ in range(n):  # without the profiler: what a render costs in this process
+        expire_caches()
+        t = time.perf_counter()
+        client.get(path, **extra)
+        plain.append((time.perf_counter() - t) * 1000)
+    print(
+        f"\n{path} (htmx={htmx}): {n} cold renders in process, no profiler: median {sorted(plain)[n // 2]:.1f} ms"
+    )
+    prof = cProfile.Profile()
+    wall, sql_ms, queries = [], [], []
+    per_sql: dict[str, list[float]] = {}
+    for _ in range(n):
+        expire_caches()
+        with CaptureQueriesContext(connection) as q:
+            t = time.perf_counter()
+            prof.enable()
+            client.get(path, **extra)
+            prof.disable()
+            wall.append((time.perf_counter() - t) * 1000)
+        queries.append(len(q.captured_queries))
+        sql_ms.append(sum(float(x["time"]) for x in q.captured_queries) * 1000)
+        for x in q.captured_queries:
+            per_sql.setdefault(x["sql"][:150], []).append(float(x["time"]) * 1000)
+    print(
+        f"\nprofile of {path} (htmx={htmx}), {n} cold renders in process: median {sorted(wall)[n // 2]:.1f} ms, "
+        f"of which SQL {sorted(sql_ms)[n // 2]:.1f} ms in {sorted(queries)[n // 2]} queries (median)"
+    )
+    for sql, times in sorted(per_sql.items(), key=lambda kv: -sum(kv[1]))[:6]:
+        print(f"  {sum(times) / n:5.1f} ms a render, {len(times) / n:.0f} a render: {sql}")
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(r"clayops|dashboard|template", 25)
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+
+
+def gunicorn_command(port: int) -> list[str]:
+    """The web server `manage.py up` starts (its processes and threads), on this port."""
+    from clayops.management.commands.up import WEB_PROCESSES, WEB_THREADS
+
+    root = str(Path(MANAGE).resolve().parent)
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "clayops.wsgi:application",
+        "--chdir",
+        root,
+        "--no-control-socket",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(WEB_PROCESSES),
+        "--threads",
+        str(WEB_THREADS),
+    ]
+
+
 def serve(port: int) -> None:
     """Django's own threaded WSGI server (what runserver runs), with Nagle off on each connection:
     wsgiref writes the headers and the body in two sends, which with Nagle and delayed ACKs costs
@@ -527,11 +610,11 @@ def main() -> int:
 
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            command = (
-                [sys.executable, MANAGE, "runserver", f"127.0.0.1:{port}", "--noreload"]
-                if args.server == "runserver"
-                else [sys.executable, __file__, "--serve", str(port)]
-            )
+            command = {
+                "runserver": [sys.executable, MANAGE, "runserver", f"127.0.0.1:{port}", "--noreload"],
+                "wsgi": [sys.executable, __file__, "--serve", str(port)],
+                "gunicorn": gunicorn_command(port),
+            }[args.server]
             server = bench.spawn(
                 command,
                 env=bench.env(DEBUG="0", DB_CONN_MAX_AGE="60"),
@@ -563,6 +646,12 @@ def main() -> int:
                 f"recounted every {counts.interval({'took': took}):.0f} s)",
                 flush=True,
             )
+            if args.profile:  # where a cold page's time goes, instead of the measurements
+                for _name, path, htmx in PAGES[1:]:
+                    profile(path, htmx, cookies, args.profile)
+                bench.stop_process(server)
+                bench.stop_process(counter)
+                return 0
             results = []
             for name, path, htmx in PAGES:
                 colds = cold_requests(base, cookies, path, htmx, args.cold)
@@ -582,7 +671,8 @@ def main() -> int:
                 }
                 results.append(r)
                 print(
-                    f"{name}: cold p95 {r['cold']:.0f} ms ({args.cold} requests); 1 client p50 {r['p50']:.0f} ms p95 {r['p95']:.0f} ms; "
+                    f"{name}: cold p95 {r['cold']:.0f} ms ({args.cold} requests, in order: "
+                    f"{' '.join(f'{ms:.0f}' for ms in colds)}); 1 client p50 {r['p50']:.0f} ms p95 {r['p95']:.0f} ms; "
                     f"{args.clients} clients "
                     f"p50 {r['p50_c']:.0f} ms p95 {r['p95_c']:.0f} ms (~{r['rps_c']:.0f} req/s)",
                     flush=True,

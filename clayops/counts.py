@@ -2,9 +2,9 @@
 
 A snapshot holds: leads per (webhook, state) (the overview's queue depths and the metrics), the
 waiting leads per (webhook, state, reason, error class) with their earliest due time (the
-overview's deferral banners), and DLQ entries per (state, error class, webhook) (the DLQ page's
-groups and state counts). It lives in the default cache (Redis) with no expiry; pages read it with
-one GET, whatever the size of the tables.
+overview's deferral banners), when each webhook's first uncertain lead is resent, and DLQ entries
+per (state, error class, webhook) (the DLQ page's groups and state counts). It lives in the default
+cache (Redis) with no expiry; pages read it with one GET, whatever the size of the tables.
 
 Who counts: every worker runs `run_refresher` in a thread; `refresh_due` recounts when the snapshot
 is older than its interval, CLAYOPS_COUNTS_SECONDS (3 s), stretched to ten times the last count's
@@ -59,17 +59,30 @@ def _waiting() -> list[tuple]:
     )
 
 
+def _resend() -> dict[int | None, Any]:
+    """When each webhook's first uncertain lead is resent automatically (the overview's cards)."""
+    rows = (
+        Lead.objects.filter(state=Lead.State.UNCERTAIN)
+        .order_by()
+        .values_list("webhook_id")
+        .annotate(first=Min("next_attempt_at"))
+    )
+    return dict(rows)
+
+
 def _dlq() -> list[tuple]:
     return list(
         DeadLetter.objects.order_by().values_list("state", "error_class", "webhook_id").annotate(n=Count("*"))
     )
 
 
-def count(parts: tuple[str, ...] = ("depths", "waiting", "dlq"), base: dict | None = None) -> dict[str, Any]:
+def count(
+    parts: tuple[str, ...] = ("depths", "waiting", "resend", "dlq"), base: dict | None = None
+) -> dict[str, Any]:
     """Count now (the scans): the parts asked for, the others kept from `base`."""
     started = time.monotonic()
     snap = dict(base or {})
-    compute = {"depths": _depths, "waiting": _waiting, "dlq": _dlq}
+    compute = {"depths": _depths, "waiting": _waiting, "resend": _resend, "dlq": _dlq}
     for part in parts:
         snap[part] = compute[part]()
     snap["at"] = timezone.now()

@@ -145,18 +145,26 @@ def reports(
 
 def sparkline(webhook_id: int, *, now: datetime | None = None, minutes: int = 60) -> list[float | None]:
     """Per-minute success rate for the last `minutes` minutes, oldest first; None without traffic."""
+    return sparklines([webhook_id], now=now, minutes=minutes)[webhook_id]
+
+
+def sparklines(
+    webhook_ids: Iterable[int], *, now: datetime | None = None, minutes: int = 60
+) -> dict[int, list[float | None]]:
+    """sparkline() for many webhooks in one query (the dashboard's overview)."""
     now = now or timezone.now()
+    ids = list(webhook_ids)
     last = minute_of(now)
     first = last - timedelta(minutes=minutes - 1)
-    rows = {
-        s.minute: s
-        for s in HealthSample.objects.filter(webhook_id=webhook_id, minute__gte=first, minute__lte=last)
-    }
-    points: list[float | None] = []
-    for i in range(minutes):
-        sample = rows.get(first + timedelta(minutes=i))
-        if sample is None or not (sample.successes + sample.failures):
-            points.append(None)
-            continue
-        points.append(round(100.0 * sample.successes / (sample.successes + sample.failures), 1))
-    return points
+    rows: dict[int, dict[datetime, tuple[int, int]]] = {pk: {} for pk in ids}
+    samples = HealthSample.objects.filter(webhook_id__in=ids, minute__gte=first, minute__lte=last)
+    for webhook_id, minute, ok, bad in samples.values_list("webhook_id", "minute", "successes", "failures"):
+        rows[webhook_id][minute] = (ok, bad)
+    out: dict[int, list[float | None]] = {}
+    for pk in ids:
+        points: list[float | None] = []
+        for i in range(minutes):
+            ok, bad = rows[pk].get(first + timedelta(minutes=i), (0, 0))
+            points.append(round(100.0 * ok / (ok + bad), 1) if ok + bad else None)
+        out[pk] = points
+    return out

@@ -434,6 +434,8 @@ def overview_cards(*, now: datetime | None = None, webhook_id: int | None = None
     reports = health_service.reports(ids, now=now)
     depths = queue_depths(webhook_ids=ids, use_cache=webhook_id is None)  # one card: after an action
     throughput = _throughput(ids, now=now)
+    sparklines = health_service.sparklines(ids, now=now, minutes=60)
+    resend = counts.snapshot().get("resend") if webhook_id is None else None
     gauges: dict[int, BudgetGauge] = {}
     cards = []
     for webhook in webhooks:
@@ -455,20 +457,24 @@ def overview_cards(*, now: datetime | None = None, webhook_id: int | None = None
                 circuit=_circuit(row, now=now),
                 health=report,
                 health_tone=HEALTH_TONES.get(getattr(report, "status", ""), "muted"),
-                sparkline=health_service.sparkline(webhook.pk, now=now, minutes=60),
+                sparkline=sparklines[webhook.pk],
                 gauge=gauges[budget.pk],
                 depths=shown,
                 sent_per_minute=sent,
                 accepted_per_minute=ok,
                 events=events,
                 notes=_notes(webhook, now=now),
-                next_resend_at=_next_resend(webhook) if by_state.get(Lead.State.UNCERTAIN) else None,
+                next_resend_at=_next_resend(webhook, resend) if by_state.get(Lead.State.UNCERTAIN) else None,
             )
         )
     return cards
 
 
-def _next_resend(webhook: Webhook) -> datetime | None:
+def _next_resend(webhook: Webhook, counted: dict | None) -> datetime | None:
+    """From the background count; counted here for a single card (after an action on it) or when
+    the snapshot predates this part of it."""
+    if counted is not None:
+        return counted.get(webhook.pk)
     uncertain = Lead.objects.filter(webhook=webhook, state=Lead.State.UNCERTAIN)
     return uncertain.order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
 

@@ -212,7 +212,7 @@ LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
-USE_I18N = True
+USE_I18N = False  # English only: no translation lookups on every date and plural the pages render
 USE_TZ = True
 
 STATIC_URL = "static/"

@@ -416,7 +416,7 @@ def test_its_number_of_queries_does_not_grow_with_webhooks_or_leads(db):
     few = scrape_queries()
     busy_world(6)
     many = scrape_queries()
-    assert few == many <= 12, (few, many)
+    assert few == many <= 13, (few, many)  # 4 of them: the background count, made here once
     # Cached counts and the fold make a second scrape a little cheaper, never dearer.
     with CaptureQueriesContext(connection) as again:
         scrape()

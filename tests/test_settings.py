@@ -70,3 +70,21 @@ def test_it_configures_the_database_for_concurrent_workers(db):
     else:
         assert connection.vendor == "postgresql"
         assert connection.settings_dict["CONN_MAX_AGE"] == 60  # persistent connections per worker
+
+
+def test_the_web_process_compiles_every_template_as_it_starts():
+    # The first page each gunicorn process serves costs what every later one does; and a template
+    # that does not compile is found here, not by the first operator to open its page.
+    import gc
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from clayops import wsgi
+
+    templates = list(Path(settings.TEMPLATES[0]["DIRS"][0]).rglob("*.html"))
+    try:
+        assert wsgi.warm() == len(templates) > 20
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -25,6 +25,7 @@ from clayops.devtools.supervisor import Stop, Supervisor, ignore_stop_signals, i
 
 # gunicorn processes for the web: two, so the page stays up while one is busy or restarting.
 WEB_PROCESSES = 2
+WEB_THREADS = 4
 
 
 class Command(BaseCommand):
@@ -103,7 +104,7 @@ class Command(BaseCommand):
             "--workers",
             str(WEB_PROCESSES),
             "--threads",
-            "4",
+            str(WEB_THREADS),
             "--graceful-timeout",
             "20",
         ]
