@@ -144,27 +144,45 @@ class Sender:
             for send in self._next_launch():
                 self.in_flight[pool.submit(self._post, send)] = send
 
+        # Answers are written in bulk: those that come within GATHER_SECONDS of the first one not yet
+        # written (or a full round of them) go together, one set of statements instead of one per
+        # answer. A failure is written at once (it may stop the launches), and so is the last answer.
+        held: list[Send] = []
+        held_since = 0.0
         while True:
             top_up()
             if not self.in_flight:
+                if held:
+                    self._finish(held)
+                    held = []
+                    continue
                 if self.stop is not None or not self.pending:
                     return
                 continue
             more = self.stop is None and self.pending and len(self.in_flight) < self.concurrency
-            done, _ = wait_for(self.in_flight, timeout=0 if more else None, return_when=FIRST_COMPLETED)
-            if done and len(done) < len(self.in_flight) and (self.stop is not None or not self.pending):
-                # Nothing left to launch: the others went out at about the same time, so their
-                # answers are written with these (one set of statements, not one per answer).
-                rest = [future for future in self.in_flight if future not in done]
-                done |= wait_for(rest, timeout=self.GATHER_SECONDS)[0]
+            timeout: float | None = 0 if more else None
+            if held:
+                left = max(0.0, held_since + self.GATHER_SECONDS - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
+            done, _ = wait_for(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
             finished = []
             for future in done:
                 send = self.in_flight.pop(future)
                 send.result = future.result()
                 finished.append(send)
-            if all(send.result and send.result.accepted for send in finished):
-                top_up()  # all went well: the next requests go out while this batch is written
-            self._finish(finished)
+            ok = all(send.result and send.result.accepted for send in finished)
+            if ok:
+                top_up()  # all went well: the next requests go out before these are written
+            if finished and not held:
+                held_since = time.monotonic()
+            held += finished
+            if held and (
+                not ok
+                or len(held) >= self.concurrency
+                or time.monotonic() - held_since >= self.GATHER_SECONDS
+            ):
+                self._finish(held)
+                held = []
 
     def _may_launch(self, *, probe: bool) -> str | None:
         """None when the next request may go now; else why not (after waiting for a rate token)."""
