@@ -179,6 +179,19 @@ def test_a_pumps_requests_go_out_together_and_their_answers_are_written_together
 
 
 @respx.mock
+def test_a_jobs_answers_that_arrive_together_are_written_together(webhook, settings):
+    # Without a rate limit too: the answers to a job's requests are written in bulk, not one set of
+    # statements per answer (capacity: what a job writes per lead is what its worker spends).
+    settings.CLAYOPS_SEND_CONCURRENCY = 16
+    respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    one, counts_one = _statements([lead.pk for lead in make_leads(1, webhook=webhook)])
+    ten, counts_ten = _statements([lead.pk for lead in make_leads(10, webhook=webhook)])
+    assert counts_one == {"accepted": 1} and counts_ten == {"accepted": 10}
+    assert ten <= one + 2, (one, ten)
+    assert Lead.objects.filter(state=S.ACCEPTED).count() == 11
+
+
+@respx.mock
 def test_urgent_leads_handed_over_later_go_before_the_waiting_bulk(webhook):
     paced(webhook, rate=10, burst=4)  # 3 usable: goal 3
     order: list[int] = []
