@@ -39,7 +39,6 @@ from common import MANAGE, Bench, BrokenRun, machine  # noqa: E402
 
 RATE, BURST = 10.0, 20
 AGGREGATE_TARGET, EACH_TARGET, FAIRNESS_BOUND = 0.95, 0.90, 2.0
-QUEUES = ("maintenance", "urgent", "submit")
 
 
 def parse_args() -> argparse.Namespace:
@@ -96,7 +95,9 @@ def world(name: str, sim, *, rate: float = RATE, burst: int = BURST):
 
 
 def start(bench, workers: int) -> list:
-    procs = bench.start_workers(workers, queues=QUEUES)
+    from clayops.management.commands.up import WORKER_QUEUES
+
+    procs = bench.start_workers(workers, queues=WORKER_QUEUES)  # as every production worker
     procs.append(bench.spawn([sys.executable, MANAGE, "cron"], log_name="cron.log"))
     return procs
 

@@ -391,8 +391,11 @@ def run_pacing(args, bench, sim, *, hooks: int) -> tuple[str, bool]:
         ids = [pk for group in zip(*per_hook, strict=False) for pk in group]
     # As in production: the workers also serve the maintenance queue and a cron enqueues the tick,
     # so leads deferred by a pause (Clay's 429) are drained again and the run measures the resume.
+    from clayops.management.commands.up import WORKER_QUEUES
+
+    # The queues of every production worker: the paced workspace's pumps run on `urgent`.
     procs = bench.start_workers(
-        workers, queues=("maintenance", "submit"), CLAYOPS_SEND_CONCURRENCY="8", CLAYOPS_BATCH_SIZE="50"
+        workers, queues=WORKER_QUEUES, CLAYOPS_SEND_CONCURRENCY="8", CLAYOPS_BATCH_SIZE="50"
     )
     procs.append(bench.spawn([sys.executable, MANAGE, "cron"], log_name="cron.log"))
     sim.reset()  # counters from now; refills the simulator's bucket (the workspace's Redis bucket is new)

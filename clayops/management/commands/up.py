@@ -26,6 +26,9 @@ from clayops.devtools.supervisor import Stop, Supervisor, ignore_stop_signals, i
 # gunicorn processes for the web: two, so the page stays up while one is busy or restarting.
 WEB_PROCESSES = 2
 WEB_THREADS = 4
+# What every worker serves, in order: the maintenance tick and alert checks, urgent imports and the
+# paced workspaces' pumps, submissions, imports.
+WORKER_QUEUES = ("maintenance", "urgent", "submit", "default")
 
 
 class Command(BaseCommand):
@@ -63,7 +66,7 @@ class Command(BaseCommand):
                 self._start_simulator(supervisor, manage, opts, env)
             # maintenance first: RQ serves the first non-empty queue, and the reapers and drains must
             # not wait behind a backlog of send jobs.
-            queues = ["maintenance", "urgent", "submit", "default"]
+            queues = list(WORKER_QUEUES)
             for i in range(max(1, opts["workers"])):
                 argv = [manage, "rqworker", *queues, "--worker-class", "clayops.workers.RidingWorker"]
                 if i == 0:
