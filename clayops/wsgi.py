@@ -7,6 +7,7 @@ from typing import Any
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clayops.settings")
+log = logging.getLogger("clayops.wsgi")
 application = get_wsgi_application()
 
 
@@ -18,7 +19,7 @@ def warm() -> int:
     walk only what the page made. Returns how many templates were compiled; a template that does
     not compile is left for its page to report."""
     from django.conf import settings
-    from django.template import TemplateSyntaxError, engines
+    from django.template import engines
     from django.urls import NoReverseMatch, get_resolver, reverse
 
     resolver = get_resolver()
@@ -42,11 +43,14 @@ def warm() -> int:
             try:
                 engine.get_template(path.relative_to(folder).as_posix())
                 compiled += 1
-            except TemplateSyntaxError:
-                logging.getLogger("clayops.wsgi").exception("template %s does not compile", path)
+            except Exception:  # its page reports it; the web process starts all the same
+                log.exception("template %s does not compile", path)
     gc.collect()
     gc.freeze()
     return compiled
 
 
-warm()
+try:
+    warm()
+except Exception:  # a faster first page is not worth a web tier that does not start
+    log.exception("warming the web process up failed; its first pages will be slower")

@@ -192,6 +192,31 @@ def test_a_jobs_answers_that_arrive_together_are_written_together(webhook, setti
 
 
 @respx.mock
+def test_answers_held_for_writing_are_written_even_when_the_job_then_fails(webhook, settings, monkeypatch):
+    # Answers wait up to GATHER_SECONDS to be written together; an error meanwhile (the database
+    # going away while the next requests are marked sent) must not leave Clay's 200s unwritten:
+    # those leads would be taken for uncertain and sent again.
+    from clayops.delivery.sender import Sender
+
+    settings.CLAYOPS_SEND_CONCURRENCY = 16
+    respx.post(webhook.url).mock(return_value=httpx.Response(200))
+    ids = [lead.pk for lead in make_leads(3, webhook=webhook)]
+    original = Sender._next_launch
+    calls = []
+
+    def next_launch_then_fail(self):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("database went away")
+        return original(self)
+
+    monkeypatch.setattr(Sender, "_next_launch", next_launch_then_fail)
+    with pytest.raises(RuntimeError):
+        delivery.submit_batch(ids)
+    assert Lead.objects.filter(pk__in=ids, state=S.ACCEPTED).count() == 3
+
+
+@respx.mock
 def test_urgent_leads_handed_over_later_go_before_the_waiting_bulk(webhook):
     paced(webhook, rate=10, burst=4)  # 3 usable: goal 3
     order: list[int] = []

@@ -149,40 +149,44 @@ class Sender:
         # answer. A failure is written at once (it may stop the launches), and so is the last answer.
         held: list[Send] = []
         held_since = 0.0
-        while True:
-            top_up()
-            if not self.in_flight:
-                if held:
-                    self._finish(held)
-                    held = []
+        try:
+            while True:
+                top_up()
+                if not self.in_flight:
+                    if held:
+                        batch, held = held, []
+                        self._finish(batch)
+                        continue
+                    if self.stop is not None or not self.pending:
+                        return
                     continue
-                if self.stop is not None or not self.pending:
-                    return
-                continue
-            more = self.stop is None and self.pending and len(self.in_flight) < self.concurrency
-            timeout: float | None = 0 if more else None
-            if held:
-                left = max(0.0, held_since + self.GATHER_SECONDS - time.monotonic())
-                timeout = left if timeout is None else min(timeout, left)
-            done, _ = wait_for(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
-            finished = []
-            for future in done:
-                send = self.in_flight.pop(future)
-                send.result = future.result()
-                finished.append(send)
-            ok = all(send.result and send.result.accepted for send in finished)
-            if ok:
-                top_up()  # all went well: the next requests go out before these are written
-            if finished and not held:
-                held_since = time.monotonic()
-            held += finished
-            if held and (
-                not ok
-                or len(held) >= self.concurrency
-                or time.monotonic() - held_since >= self.GATHER_SECONDS
-            ):
+                more = self.stop is None and self.pending and len(self.in_flight) < self.concurrency
+                timeout: float | None = 0 if more else None
+                if held:
+                    left = max(0.0, held_since + self.GATHER_SECONDS - time.monotonic())
+                    timeout = left if timeout is None else min(timeout, left)
+                done, _ = wait_for(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+                finished = []
+                for future in done:
+                    send = self.in_flight.pop(future)
+                    send.result = future.result()
+                    finished.append(send)
+                ok = all(send.result and send.result.accepted for send in finished)
+                if finished and not held:
+                    held_since = time.monotonic()
+                held += finished
+                if ok:
+                    top_up()  # all went well: the next requests go out before these are written
+                if held and (
+                    not ok
+                    or len(held) >= self.concurrency
+                    or time.monotonic() - held_since >= self.GATHER_SECONDS
+                ):
+                    batch, held = held, []
+                    self._finish(batch)
+        finally:
+            if held:  # an error on the way out (the database): what came back is still written
                 self._finish(held)
-                held = []
 
     def _may_launch(self, *, probe: bool) -> str | None:
         """None when the next request may go now; else why not (after waiting for a rate token)."""
