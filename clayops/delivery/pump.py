@@ -41,16 +41,7 @@ def hand_over(lead_ids: Iterable[int], *, urgent: bool = False) -> int:
     and the last workspace would start seconds after the first. After the surrounding transaction
     commits. Returns how many went to the pumps; if Redis refuses them they stay queued in the
     database and the orphan reaper gives them a job."""
-    ids = list(lead_ids)
-    paced, direct = _split_paced(ids)
-    size = max(1, settings.CLAYOPS_BATCH_SIZE)
-    lists = {
-        ws: {
-            kind: [part[i : i + size] for part in items for i in range(0, len(part), size)]
-            for kind, items in batches.items()
-        }
-        for ws, batches in paced.items()
-    }
+    lists, direct = _split_paced(list(lead_ids), size=max(1, settings.CLAYOPS_BATCH_SIZE))
 
     def push() -> None:
         for workspace_id, batches in lists.items():
@@ -66,7 +57,7 @@ def hand_over(lead_ids: Iterable[int], *, urgent: bool = False) -> int:
         transaction.on_commit(push)
     if direct:
         enqueue_leads(direct, urgent=urgent)
-    return sum(len(ids) for batches in paced.values() for items in batches.values() for ids in items)
+    return sum(len(ids) for batches in lists.values() for items in batches.values() for ids in items)
 
 
 def submit_batch(lead_ids: list[int]) -> dict[str, int]:
@@ -91,9 +82,12 @@ def deliver_now(lead_ids: list[int], prepaid: Prepaid | None = None) -> dict[str
     return totals
 
 
-def _split_paced(lead_ids: list[int]) -> tuple[dict[int, dict[str, list[list[int]]]], list[int]]:
-    """The queued leads of rate-limited workspaces, by workspace and list ("u", or the import id);
-    and the rest (no rate limit, or no webhook: the guards defer those)."""
+def _split_paced(
+    lead_ids: list[int], *, size: int = 0
+) -> tuple[dict[int, dict[str, list[list[int]]]], list[int]]:
+    """The queued leads of rate-limited workspaces, by workspace and list ("u", or the import id),
+    in batches of `size` (0: one batch per list); and the rest (no rate limit, or no webhook: the
+    guards defer those)."""
     info = {
         pk: (ws, rate, imp, urgent)
         for pk, ws, rate, imp, urgent in Lead.objects.filter(pk__in=lead_ids, state=S.QUEUED).values_list(
@@ -115,7 +109,12 @@ def _split_paced(lead_ids: list[int]) -> tuple[dict[int, dict[str, list[list[int
             continue
         kind = pacequeue.URGENT if urgent else str(imp or 0)
         paced.setdefault(ws, {}).setdefault(kind, []).append(pk)
-    return {ws: {kind: [ids] for kind, ids in lists.items()} for ws, lists in paced.items()}, direct
+    size = size or len(lead_ids) or 1  # one item per list unless asked for batches of `size`
+    batched = {
+        ws: {kind: [ids[i : i + size] for i in range(0, len(ids), size)] for kind, ids in lists.items()}
+        for ws, lists in paced.items()
+    }
+    return batched, direct
 
 
 def run_pump(workspace_id: int) -> dict[str, int]:
